@@ -1,0 +1,73 @@
+# cxr-node: one entry point for setting up, running, checking and testing.
+#   make run    set everything up and start the node on the embedded queue (port 11112)
+#   make test   set everything up and run lint, type checks and the whole test suite
+
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.cxr-node-installed
+PORT ?= 11112
+AE_TITLE ?= CXR_NODE
+DATA_DIR ?= var
+DESTINATION ?=
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server
+SYSTEM_PACKAGES := dcmtk dicom3tools redis-server
+
+.PHONY: install run demo-model system-deps lint typecheck test bench clean
+
+install: $(STAMP)
+
+# torch first, pinned: otherwise a dependency pulls the multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[worker,test]"
+	@touch $(STAMP)
+
+demo-model: install
+	@$(BIN)/cxr-node models init-demo --if-none --data-dir $(DATA_DIR)
+
+run: install demo-model
+	@echo ""
+	@echo "cxr-node: listening as $(AE_TITLE) on port $(PORT) (embedded queue; Ctrl-C stops)."
+	@echo "  Send a chest radiograph:  /usr/bin/storescu -aec $(AE_TITLE) localhost $(PORT) IMAGE.dcm"
+	@echo "  Check it is alive:        $(BIN)/cxr-node check --port $(PORT)"
+	@echo "  See what happened:        $(BIN)/cxr-node studies --data-dir $(DATA_DIR)"
+	@echo "  Results (SR + heatmap SC) are written under $(DATA_DIR)/spool/<study>/results/"
+	@echo "  and sent to $(if $(DESTINATION),$(DESTINATION),no destination: make run DESTINATION=AE@HOST:PORT)."
+	@echo "  The model is a DEMO (random weights, not trained): its results mean nothing clinically."
+	@echo ""
+	exec $(BIN)/cxr-node serve --port $(PORT) --ae-title $(AE_TITLE) --data-dir $(DATA_DIR) \
+		$(if $(DESTINATION),--destination $(DESTINATION),)
+
+system-deps:
+	@missing=""; for tool in $(SYSTEM_TOOLS); do \
+		command -v $$tool >/dev/null 2>&1 || [ -x /usr/bin/$$tool ] || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian packages for:$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+		else \
+			echo "missing tools:$$missing"; \
+			echo "install them with: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; \
+		fi; \
+	fi
+
+lint: install
+	$(BIN)/ruff check cxr_node workers tests bench
+	$(BIN)/ruff format --check cxr_node workers tests bench
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install system-deps lint typecheck
+	$(BIN)/pytest -q
+
+bench: install demo-model system-deps
+	$(BIN)/python bench/roundtrip.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,187 @@
+"""The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cxr_node.errors import ConfigurationError, CxrNodeError
+from cxr_node.logs import configure_logging
+from cxr_node.settings import Settings, load_settings
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML configuration file")
+    parser.add_argument("--data-dir", type=Path, help="root of spool, ledger, queue and models")
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-node", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the DICOM listener (and the embedded worker)")
+    _common(serve)
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--ae-title")
+    serve.add_argument("--bind-address")
+    serve.add_argument("--spool", type=Path, dest="spool_dir")
+    serve.add_argument(
+        "--destination",
+        action="append",
+        dest="destinations",
+        metavar="AE@HOST:PORT",
+        help="where results go (repeatable)",
+    )
+    serve.add_argument("--broker", dest="broker_url", help="redis://...; default: embedded")
+    serve.add_argument(
+        "--quiet-seconds",
+        type=float,
+        dest="study_quiet_seconds",
+        help="wait this long after a study's last image before analysing it",
+    )
+
+    worker = commands.add_parser("worker", help="run an analysis worker (the GPU side)")
+    _common(worker)
+    worker.add_argument("--broker", dest="broker_url")
+
+    analyze = commands.add_parser("analyze", help="analyse files offline, no network")
+    _common(analyze)
+    analyze.add_argument("files", nargs="+", type=Path)
+    analyze.add_argument("--json", action="store_true", help="print JSON")
+    analyze.add_argument("--out", type=Path, help="write the SR and SC here")
+
+    check = commands.add_parser("check", help="exit 0 when C-ECHO and the broker answer")
+    _common(check)
+    check.add_argument("--port", type=int)
+    check.add_argument("--ae-title")
+    check.add_argument("--broker", dest="broker_url")
+
+    models = commands.add_parser("models", help="model bundles")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    init_demo = model_commands.add_parser("init-demo", help="write the DEMO (untrained) bundles")
+    _common(init_demo)
+    init_demo.add_argument("--force", action="store_true", help="overwrite existing bundles")
+    init_demo.add_argument(
+        "--if-none", action="store_true", help="do nothing when any bundle is installed"
+    )
+    listing = model_commands.add_parser("list", help="list installed bundles")
+    _common(listing)
+
+    studies = commands.add_parser("studies", help="recent studies and their states")
+    _common(studies)
+    studies.add_argument("--last", type=int, default=20)
+    studies.add_argument("--json", action="store_true")
+    return parser
+
+
+_SETTING_FLAGS = (
+    "data_dir",
+    "log_level",
+    "port",
+    "ae_title",
+    "bind_address",
+    "spool_dir",
+    "destinations",
+    "broker_url",
+    "study_quiet_seconds",
+)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {key: getattr(args, key, None) for key in _SETTING_FLAGS}
+    return load_settings(args.config, **flags)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ConfigurationError as exc:
+        print(f"cxr-node: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return _dispatch(args, settings)
+    except CxrNodeError as exc:
+        print(f"cxr-node: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        from cxr_node.serve import serve
+
+        serve(settings)
+        return 0
+    if args.command == "worker":
+        from workers.worker import run_worker  # imports torch: worker side only
+
+        return run_worker(settings)
+    if args.command == "analyze":
+        from workers.offline import analyze_files
+
+        return analyze_files(settings, args.files, as_json=args.json, out_dir=args.out)
+    if args.command == "check":
+        from cxr_node.check import run_check
+
+        problem = run_check(settings)
+        if problem:
+            print(f"unhealthy: {problem}")
+            return 1
+        print("ok")
+        return 0
+    if args.command == "models":
+        from workers import bundles
+
+        if args.models_command == "init-demo":
+            installed = bundles.list_bundles(settings.models_path)
+            if args.if_none and installed:
+                print(f"models installed: {', '.join(b.metadata.name for b in installed)}")
+                return 0
+            for path in bundles.write_demo_bundles(settings.models_path, force=args.force):
+                print(f"demo bundle (DEMO, not trained, not for clinical use): {path}")
+            return 0
+        for info in bundles.list_bundles(settings.models_path):
+            print(info)
+        return 0
+    if args.command == "studies":
+        return _print_studies(settings, args.last, args.json)
+    raise AssertionError(args.command)
+
+
+def _print_studies(settings: Settings, last: int, as_json: bool) -> int:
+    from cxr_node.ledger import Ledger
+
+    ledger = Ledger(settings.ledger)
+    rows = ledger.list_studies(last)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "study_key": row.study_key,
+                        "state": row.state.value,
+                        "reason_code": row.reason_code,
+                        "reason": row.reason,
+                        "updated_at": row.updated_at,
+                        "deliveries": {
+                            dest: {"state": s, "attempts": n, "last_error": e}
+                            for dest, (s, n, e) in ledger.deliveries_of(row.study_key).items()
+                        },
+                    }
+                    for row in rows
+                ],
+                indent=2,
+            )
+        )
+    else:
+        for row in rows:
+            reason = f"  {row.reason_code}: {row.reason}" if row.reason_code else ""
+            print(f"{row.study_key}  {row.state.value}{reason}")
+    return 0

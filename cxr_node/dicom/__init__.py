@@ -1,0 +1,1 @@
+"""The DICOM network edge: statuses, presentation contexts, SCP handlers and SCU delivery."""

@@ -1,0 +1,185 @@
+"""The one place configuration is read: defaults < YAML file < environment < command-line flags.
+
+Environment variables are prefixed ``CXR_NODE_`` (nested keys joined with ``__``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from cxr_node.errors import ConfigurationError
+from cxr_node.jobs import Destination
+
+_DESTINATION_PATTERN = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+
+def validate_ae_title(value: str) -> str:
+    """An AE title is 1-16 characters of the default repertoire, no backslash (PS3.5 6.2, AE VR)."""
+    stripped = value.strip()
+    if not stripped or len(value) > 16 or "\\" in value or not value.isascii():
+        raise ValueError("an AE title is 1 to 16 ASCII characters, not all spaces, no backslash")
+    if any(ord(ch) < 32 for ch in value):
+        raise ValueError("an AE title may not contain control characters")
+    return stripped
+
+
+def parse_destination(value: str) -> Destination:
+    """Parse ``AE@HOST:PORT`` into a :class:`Destination`."""
+    match = _DESTINATION_PATTERN.match(value.strip())
+    if not match:
+        raise ValueError(f"destination {value!r} is not of the form AE@HOST:PORT")
+    return Destination(
+        ae_title=validate_ae_title(match["ae"]), host=match["host"], port=int(match["port"])
+    )
+
+
+class EnsembleMember(BaseModel):
+    """One model bundle of the ensemble and its weight in the weighted average."""
+
+    bundle: str = Field(description="Bundle directory name under models_dir, or a path")
+    weight: float = Field(default=1.0, gt=0.0)
+
+
+class Settings(BaseSettings):
+    """Validated configuration of a cxr-node process (serve, worker, analyze)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CXR_NODE_", env_nested_delimiter="__", extra="forbid"
+    )
+
+    ae_title: str = Field(default="CXR_NODE", description="Our AE title (1-16 characters)")
+    bind_address: str = Field(default="0.0.0.0", description="Address the listener binds")
+    port: int = Field(default=11112, ge=1, le=65535)
+    data_dir: Path = Field(default=Path("var"), description="Root of spool, ledger and queue")
+    spool_dir: Path | None = Field(default=None, description="Default: <data_dir>/spool")
+    models_dir: Path | None = Field(default=None, description="Default: <data_dir>/models")
+    ledger_url: str | None = Field(default=None, description="Default: sqlite in data_dir")
+    broker_url: SecretStr | None = Field(
+        default=None, description="redis://... ; unset means the embedded queue"
+    )
+    destinations: list[Destination] = Field(default_factory=list)
+    study_quiet_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
+    ensemble: list[EnsembleMember] = Field(
+        default_factory=list, description="Empty: every bundle found in models_dir, weight 1"
+    )
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
+    gradcam_top_k: int = Field(default=3, ge=0, le=18)
+    critical_findings: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
+    max_pdu: int = Field(default=262144, ge=0)
+    network_timeout_seconds: float = Field(default=60.0, gt=0.0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        return validate_ae_title(value)
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            return [parse_destination(v) if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _check_broker(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in {"redis", "rediss", "amqp", "amqps"}:
+            raise ValueError("broker_url must be redis://, rediss://, amqp:// or amqps://")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_paths(self) -> Settings:
+        if self.spool_dir is None:
+            self.spool_dir = self.data_dir / "spool"
+        if self.models_dir is None:
+            self.models_dir = self.data_dir / "models"
+        if self.ledger_url is None:
+            self.ledger_url = f"sqlite:///{(self.data_dir / 'ledger.sqlite').resolve()}"
+        return self
+
+    @property
+    def spool_path(self) -> Path:
+        """The spool directory (always set after validation)."""
+        assert self.spool_dir is not None
+        return self.spool_dir
+
+    @property
+    def models_path(self) -> Path:
+        """The model bundles directory (always set after validation)."""
+        assert self.models_dir is not None
+        return self.models_dir
+
+    @property
+    def ledger(self) -> str:
+        """The ledger database URL (always set after validation)."""
+        assert self.ledger_url is not None
+        return self.ledger_url
+
+    @property
+    def embedded_queue(self) -> bool:
+        """True when no broker is configured: the durable embedded queue is used."""
+        return self.broker_url is None
+
+    @property
+    def queue_dir(self) -> Path:
+        """Folder of the embedded queue's message files."""
+        return self.data_dir / "queue"
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build settings from file, environment and flags; raise ConfigurationError on bad values."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigurationError(f"configuration file {config_file} does not exist")
+    flags = {key: value for key, value in overrides.items() if value is not None}
+
+    class _FileSettings(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+            if config_file is not None:
+                sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+            return tuple(sources)
+
+    try:
+        loaded = _FileSettings(**flags)
+    except ValidationError as exc:
+        raise ConfigurationError(_describe(exc)) from None
+    except ValueError as exc:  # malformed YAML and similar
+        raise ConfigurationError(f"configuration file {config_file}: {exc}") from None
+    return loaded
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad key: which key, what was wrong, what is allowed."""
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key; allowed keys: {', '.join(sorted(Settings.model_fields))}"
+        lines.append(f"configuration key '{key}': {message}")
+    return "; ".join(lines)

@@ -1,0 +1,120 @@
+"""End to end: DCMTK storescu -> cxr-node -> analysis -> DCMTK storescp, with real peers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
+
+from tests.conftest import StoreSCP, require_tool, wait_until
+from tests.dicom_checks import dciodvfy_errors
+from tests.integration.node import NodeProcess, storescu
+
+pytestmark = pytest.mark.integration
+
+CHEST = "dwv/gdcm-CR-MONO1-10-chest.dcm"
+
+
+@pytest.fixture
+def chest(corpus: Path) -> Path:
+    require_tool("/usr/bin/storescu")
+    return corpus / CHEST
+
+
+def _assert_results(destination: StoreSCP, source: Path) -> None:
+    files = destination.files()
+    assert len(files) == 2, [f.name for f in files]
+    source_ds = pydicom.dcmread(source, stop_before_pixels=True)
+    kinds = set()
+    for path in files:
+        result = pydicom.dcmread(path)
+        assert result.StudyInstanceUID == source_ds.StudyInstanceUID
+        assert result.SeriesInstanceUID != source_ds.SeriesInstanceUID
+        assert "DEMO" in result.SeriesDescription
+        kinds.add(result.SOPClassUID)
+        assert dciodvfy_errors(path) == [], path.name
+    assert kinds == {Comprehensive3DSRStorage, SecondaryCaptureImageStorage}
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        node.stop()
+    for node in started:
+        if node.process is not None and node.process.returncode not in (0, -15, -9, None):
+            print(node.log())
+
+
+def test_embedded_queue_round_trip(
+    tmp_path: Path, models_dir: Path, storescp: StoreSCP, chest: Path, nodes: list[NodeProcess]
+) -> None:
+    node = NodeProcess(
+        tmp_path / "node", models_dir, "--destination", storescp.address, "--quiet-seconds", "0.5"
+    ).start()
+    nodes.append(node)
+    sent = storescu(node.port, chest)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_until(lambda: len(storescp.files()) >= 2, timeout=120), node.log()
+    _assert_results(storescp, chest)
+    assert wait_until(lambda: node.studies()[0]["state"] == "delivered", timeout=10)
+
+
+def test_redis_broker_with_separate_worker(
+    tmp_path: Path,
+    models_dir: Path,
+    storescp: StoreSCP,
+    chest: Path,
+    redis_url: str,
+    nodes: list[NodeProcess],
+) -> None:
+    data = tmp_path / "shared"
+    node = NodeProcess(
+        data,
+        models_dir,
+        "--destination",
+        storescp.address,
+        "--broker",
+        redis_url,
+        "--quiet-seconds",
+        "0.5",
+    ).start()
+    nodes.append(node)
+    worker = NodeProcess(data, models_dir, "--broker", redis_url, command="worker").start()
+    nodes.append(worker)
+    sent = storescu(node.port, chest)
+    assert sent.returncode == 0, sent.stderr
+    assert wait_until(lambda: len(storescp.files()) >= 2, timeout=120), worker.log()
+    _assert_results(storescp, chest)
+    maps = Path(f"/proc/{node.pid}/maps").read_text()
+    assert "libtorch" not in maps, "serve imported torch in Redis mode"
+
+
+def test_sigkill_after_ack_before_analysis_still_delivers_once(
+    tmp_path: Path, models_dir: Path, storescp: StoreSCP, chest: Path, nodes: list[NodeProcess]
+) -> None:
+    data = tmp_path / "node"
+    first = NodeProcess(
+        data, models_dir, "--destination", storescp.address, "--quiet-seconds", "4"
+    ).start()
+    nodes.append(first)
+    sent = storescu(first.port, chest)
+    assert sent.returncode == 0, sent.stderr
+    first.kill()  # acknowledged, still inside the quiet period: not analysed yet
+    assert storescp.files() == []
+    assert first.studies()[0]["state"] == "received"
+
+    second = NodeProcess(
+        data, models_dir, "--destination", storescp.address, "--quiet-seconds", "4"
+    )
+    second.port = first.port
+    nodes.append(second.start())
+    assert wait_until(lambda: len(storescp.files()) >= 2, timeout=120), second.log()
+    time.sleep(5)  # anything duplicated would have arrived by now
+    _assert_results(storescp, chest)
+    assert second.studies()[0]["state"] == "delivered"

@@ -1,0 +1,256 @@
+"""TID 1500 Comprehensive 3D SR encoder (workers.encode.sr) on a synthetic DX chest."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from cxr_node.jobs import ImageAnalysis
+from tests.unit._synthetic import (
+    DSRDUMP,
+    corpus_file,
+    dciodvfy,
+    make_analysis,
+    make_dx_chest,
+    require_tool,
+)
+from workers.encode.sr import (
+    COMMENT,
+    PRIORITY,
+    PRIORITY_VALUES,
+    build_measurement_report,
+    series_description,
+)
+
+
+def _build(source: pydicom.Dataset, analysis: ImageAnalysis) -> hd.sr.Comprehensive3DSR:
+    return build_measurement_report(
+        source,
+        analysis,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=901,
+    )
+
+
+def _reread(sr: hd.sr.Comprehensive3DSR) -> hd.sr.Comprehensive3DSR:
+    """Through highdicom's reader, whose ``content`` is a MeasurementReport."""
+    return hd.sr.Comprehensive3DSR.from_dataset(sr)
+
+
+def _report(sr: pydicom.Dataset) -> hd.sr.MeasurementReport:
+    """The TID 1500 content of a document read back by highdicom."""
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    content = sr.content
+    assert isinstance(content, hd.sr.MeasurementReport)
+    return content
+
+
+def _write(sr: pydicom.Dataset, tmp_path: Path) -> Path:
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _items(items: pydicom.Sequence) -> Iterator[pydicom.Dataset]:
+    """Every content item of a tree, depth first."""
+    for item in items:
+        yield item
+        yield from _items(item.get("ContentSequence", []))
+
+
+def _texts(sr: pydicom.Dataset, name: hd.sr.CodedConcept) -> list[str]:
+    return [
+        str(item.TextValue)
+        for item in _items(sr.ContentSequence)
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == name.value
+    ]
+
+
+@pytest.fixture
+def source() -> pydicom.Dataset:
+    return make_dx_chest()
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_dciodvfy_reports_no_errors(source: pydicom.Dataset, tmp_path: Path, demo: bool) -> None:
+    path = _write(_build(source, make_analysis(source.SOPInstanceUID, demo=demo)), tmp_path)
+    errors, warnings = dciodvfy(path)
+    assert errors == [], "\n".join(errors + warnings)
+
+
+def test_dsrdump_reads_the_document(source: pydicom.Dataset, tmp_path: Path) -> None:
+    require_tool(DSRDUMP)
+    path = _write(_build(source, make_analysis(source.SOPInstanceUID, demo=True)), tmp_path)
+    run = subprocess.run([str(DSRDUMP), str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Measurement Group" in run.stdout
+
+
+def test_highdicom_reads_back_probabilities_and_evaluations(
+    source: pydicom.Dataset, tmp_path: Path
+) -> None:
+    analysis = make_analysis(source.SOPInstanceUID, demo=False)
+    sr = hd.sr.srread(_write(_build(source, analysis), tmp_path))
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    (group,) = _report(sr).get_image_measurement_groups()
+    for finding in analysis.findings:
+        name = hd.sr.CodedConcept(finding.code.value, finding.code.scheme, finding.code.meaning)
+        (measurement,) = group.get_measurements(name=name)
+        assert measurement.value == pytest.approx(finding.probability, abs=1e-12)
+        (evaluation,) = group.get_qualitative_evaluations(name=name)
+        expected = codes.cid241.Present if finding.positive else codes.cid241.Absent
+        assert evaluation.value == expected
+    (priority,) = group.get_qualitative_evaluations(name=PRIORITY)
+    assert priority.value == PRIORITY_VALUES[analysis.priority]
+
+
+def test_awkward_probabilities_round_trip(source: pydicom.Dataset, tmp_path: Path) -> None:
+    analysis = make_analysis(source.SOPInstanceUID, demo=False)
+    analysis.findings[1].probability = 1 / 3
+    sr = hd.sr.srread(_write(_build(source, analysis), tmp_path))
+    (group,) = _report(sr).get_image_measurement_groups()
+    code = analysis.findings[1].code
+    (measurement,) = group.get_measurements(
+        name=hd.sr.CodedConcept(code.value, code.scheme, code.meaning)
+    )
+    assert measurement.value == pytest.approx(1 / 3, abs=1e-12)
+
+
+def test_document_is_in_the_source_study_and_references_the_image(
+    source: pydicom.Dataset, tmp_path: Path
+) -> None:
+    sr = hd.sr.srread(
+        _write(_build(source, make_analysis(source.SOPInstanceUID, demo=True)), tmp_path)
+    )
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID != source.SeriesInstanceUID
+    assert sr.PatientID == source.PatientID
+    assert sr.PatientName == source.PatientName
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    series = evidence.ReferencedSeriesSequence[0]
+    assert series.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (group,) = _report(sr).get_image_measurement_groups()
+    assert group.source_images[0].referenced_sop_instance_uid == source.SOPInstanceUID
+    images = [item for item in _items(sr.ContentSequence) if item.ValueType == "IMAGE"]
+    assert images
+    for item in images:
+        uid = item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+        assert uid == source.SOPInstanceUID
+
+
+def test_flags_are_honest(source: pydicom.Dataset) -> None:
+    sr = _build(source, make_analysis(source.SOPInstanceUID, demo=False))
+    assert sr.CompletionFlag == "COMPLETE"
+    assert sr.VerificationFlag == "UNVERIFIED"
+    assert sr.PreliminaryFlag == "PRELIMINARY"
+
+
+@pytest.mark.parametrize("demo", [True, False])
+def test_ai_and_demo_wording(source: pydicom.Dataset, demo: bool) -> None:
+    sr = _build(source, make_analysis(source.SOPInstanceUID, demo=demo))
+    description = str(sr.SeriesDescription)
+    assert len(description) <= 64
+    assert "AI-generated" in description
+    assert "not for diagnostic use" in description
+    assert ("DEMO" in description) is demo
+    texts = _texts(sr, COMMENT)
+    assert len(texts) == 2  # TID 1501 row 12 in the image group, TID 1500 row 14
+    for text in texts:
+        assert "AI-generated" in text
+        assert "not a diagnosis" in text
+        assert ("DEMO MODEL - NOT TRAINED" in text) is demo
+
+
+def test_series_descriptions_fit_lo() -> None:
+    for demo in (True, False):
+        for kind in ("results", "heatmap"):
+            assert len(series_description(demo=demo, kind=kind)) <= 64
+
+
+def test_region_group_for_positive_finding(source: pydicom.Dataset) -> None:
+    analysis = make_analysis(source.SOPInstanceUID, demo=True)
+    sr = _reread(_build(source, analysis))
+    (roi_group,) = _report(sr).get_planar_roi_measurement_groups()
+    region = roi_group.roi
+    assert region is not None
+    assert region.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+    points = region.value
+    assert points.shape == (5, 2)
+    assert (points[0] == points[-1]).all()
+    box = analysis.findings[0].region
+    assert box is not None
+    assert points[:, 0].min() == pytest.approx(box.x_min, abs=1e-3)
+    assert points[:, 1].max() == pytest.approx(box.y_max, abs=1e-3)
+    reference = region.ContentSequence[0].ReferencedSOPSequence[0]
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    (evaluation,) = roi_group.get_qualitative_evaluations()
+    assert evaluation.value == codes.cid241.Present
+
+
+def test_no_region_group_without_positive_region(source: pydicom.Dataset) -> None:
+    analysis = make_analysis(source.SOPInstanceUID, demo=False)
+    analysis.findings[0].region = None
+    sr = _reread(_build(source, analysis))
+    assert _report(sr).get_planar_roi_measurement_groups() == []
+
+
+def test_device_observer_and_algorithm(source: pydicom.Dataset) -> None:
+    analysis = make_analysis(source.SOPInstanceUID, demo=False)
+    sr = _reread(_build(source, analysis))
+    (context,) = _report(sr).get_observer_contexts(observer_type=codes.DCM.Device)
+    attributes = context.observer_identifying_attributes
+    assert isinstance(attributes, hd.sr.DeviceObserverIdentifyingAttributes)
+    assert attributes.uid == analysis.model.device_uid
+    assert attributes.name == analysis.model.name
+    items = {
+        item.ConceptNameCodeSequence[0].CodeMeaning: item.get("TextValue")
+        for item in _items(sr.ContentSequence)
+        if item.ValueType == "TEXT"
+    }
+    assert items["Algorithm Name"] == analysis.model.name
+    assert items["Algorithm Version"] == analysis.model.version
+    assert sr.SoftwareVersions == analysis.model.version
+
+
+def test_rejects_an_analysis_of_another_image(source: pydicom.Dataset) -> None:
+    with pytest.raises(ValueError, match="source image"):
+        _build(source, make_analysis(generate_uid(), demo=False))
+
+
+def test_source_is_left_untouched(source: pydicom.Dataset) -> None:
+    source.PatientName = "Anonymized"  # one component: highdicom would warn on it
+    before = pydicom.Dataset(source)
+    sr = _build(source, make_analysis(source.SOPInstanceUID, demo=False))
+    assert source == before
+    assert sr.PatientName == "Anonymized"
+
+
+def test_sparse_header_still_validates(source: pydicom.Dataset, tmp_path: Path) -> None:
+    """Real-world headers lack orientation, spacing and Type 2 patient/study data."""
+    for keyword in ("PatientOrientation", "ImagerPixelSpacing", "PatientID", "StudyDate"):
+        delattr(source, keyword)
+    sr = _build(source, make_analysis(source.SOPInstanceUID, demo=False))
+    assert "PatientID" in sr
+    assert not sr.PatientID
+    errors, warnings = dciodvfy(_write(sr, tmp_path))
+    assert errors == [], "\n".join(errors + warnings)
+
+
+def test_real_cr_chest_validates(tmp_path: Path) -> None:
+    """A real MONOCHROME1 CR with a sparse header (no PatientID, orientation, spacing)."""
+    source = pydicom.dcmread(corpus_file("dwv/gdcm-CR-MONO1-10-chest.dcm"))
+    analysis = make_analysis(
+        source.SOPInstanceUID, demo=True, rows=source.Rows, columns=source.Columns
+    )
+    path = _write(_build(source, analysis), tmp_path)
+    errors, warnings = dciodvfy(path)
+    assert errors == [], "\n".join(errors + warnings)
+    assert hd.sr.srread(path).StudyInstanceUID == source.StudyInstanceUID

@@ -1,0 +1,115 @@
+"""One radiograph through the model: pixels in, findings, score and heatmap out (as data).
+
+decode -> displayed image -> square crop/pad -> resize -> value range -> ensemble ->
+Grad-CAM for positive findings (top k) -> heatmap and hottest region back in source geometry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydicom import Dataset
+
+from cxr_node.jobs import Finding, ImageAnalysis, Region
+from cxr_node.settings import Settings
+from workers import pixels, scoring
+from workers.ensemble import Ensemble
+
+REGION_LEVEL = 0.6
+"""Fraction of the heatmap peak that bounds the hottest region."""
+
+
+@dataclass
+class AnalysedImage:
+    """The analysis of one image, with what the encoders need to draw it."""
+
+    analysis: ImageAnalysis
+    display: np.ndarray
+    heatmap: np.ndarray | None
+
+
+class Analyzer:
+    """Holds the warm ensemble and the analysis options of one worker process."""
+
+    def __init__(self, settings: Settings, ensemble: Ensemble | None = None) -> None:
+        self.ensemble = ensemble or Ensemble.from_settings(settings)
+        self.top_k = settings.gradcam_top_k
+        self.critical_findings = list(settings.critical_findings)
+
+    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
+        """The network's input tensor (1, C, S, S) and where it sits in the source image."""
+        prep = self.ensemble.preprocessing
+        box = pixels.square_box(image.shape[0], image.shape[1], prep.square)
+        square = pixels.extract_square(image, box)
+        tensor = torch.from_numpy(np.ascontiguousarray(square))[None, None]
+        resized = F.interpolate(tensor, size=(prep.size, prep.size), mode="area")[0, 0].numpy()
+        if prep.histogram_equalisation:
+            resized = pixels.equalise_histogram(resized)
+        scaled = pixels.scale_to_range(resized, prep.value_range)
+        batch = torch.from_numpy(scaled)[None, None].repeat(1, prep.channels, 1, 1)
+        return batch, box
+
+    def analyse(self, dataset: Dataset) -> AnalysedImage:
+        """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""
+        image = pixels.displayed_image(dataset)
+        batch, box = self.model_input(image)
+        predictions = self.ensemble.predict(batch)
+        explained = sorted(
+            (p for p in predictions if p.probability >= p.threshold),
+            key=lambda p: p.probability,
+            reverse=True,
+        )[: self.top_k]
+        maps = {p.label: self.ensemble.gradcam(batch, p.label) for p in explained}
+        source_maps = {label: to_source_geometry(m, box, image.shape) for label, m in maps.items()}
+        findings = [
+            Finding(
+                label=p.label,
+                code=p.code,
+                probability=round(p.probability, 6),
+                threshold=round(p.threshold, 6),
+                positive=p.probability >= p.threshold,
+                region=hottest_region(source_maps[p.label]) if p.label in source_maps else None,
+            )
+            for p in predictions
+        ]
+        analysis = ImageAnalysis(
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            findings=findings,
+            abnormality_score=round(scoring.abnormality_score(findings), 6),
+            priority=scoring.priority(findings, self.critical_findings),
+            model=self.ensemble.info,
+        )
+        heatmap = source_maps[explained[0].label] if explained else None
+        return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap)
+
+
+def to_source_geometry(
+    heatmap: np.ndarray, box: pixels.SquareBox, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Resize a model-resolution map to the square box and place it in the source image."""
+    tensor = torch.from_numpy(np.ascontiguousarray(heatmap))[None, None]
+    square = F.interpolate(tensor, size=(box.side, box.side), mode="bilinear", align_corners=False)
+    square_map = square[0, 0].numpy()
+    height, width = shape[0], shape[1]
+    out = np.zeros((height, width), dtype=np.float32)
+    sy0, sx0 = max(box.y0, 0), max(box.x0, 0)
+    sy1, sx1 = min(box.y0 + box.side, height), min(box.x0 + box.side, width)
+    out[sy0:sy1, sx0:sx1] = square_map[sy0 - box.y0 : sy1 - box.y0, sx0 - box.x0 : sx1 - box.x0]
+    return np.clip(out, 0.0, 1.0)
+
+
+def hottest_region(heatmap: np.ndarray, level: float = REGION_LEVEL) -> Region | None:
+    """Bounding box (column, row, in source pixels) of where the map is above ``level`` of peak."""
+    peak = float(heatmap.max())
+    if peak <= 0:
+        return None
+    rows, columns = np.nonzero(heatmap >= level * peak)
+    return Region(
+        x_min=float(columns.min()),
+        y_min=float(rows.min()),
+        x_max=float(columns.max() + 1),
+        y_max=float(rows.max() + 1),
+    )

@@ -1,0 +1,283 @@
+"""Heatmap overlay of one chest radiograph as a Secondary Capture (PS3.3 A.8.1 SC Image IOD).
+
+The picture is the windowed source image, a colour-mapped heatmap alpha-blended where
+the map is hot, and a band below the image with a colour scale bar and a burned-in
+legend (top findings, "AI-generated - not for diagnosis", "DEMO MODEL - NOT TRAINED").
+The image is only ever downscaled (long side at most 1024 px) and never stretched.
+Built with highdicom ``SCImage.from_ref_dataset``, in the source study, a new series.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian
+
+from cxr_node.jobs import ImageAnalysis
+
+from .sr import MANUFACTURER, header_view, restore_verbatim, series_description
+
+MAX_SIDE = 1024
+"""Long side of the whole SC, band included, at most this many pixels."""
+
+HOT_FLOOR = 0.35
+"""Heatmap values below this are not drawn at all."""
+
+MAX_ALPHA = 0.6
+"""Opacity of the overlay where the heatmap is 1."""
+
+WHITE = (255, 255, 255)
+WARNING = (255, 210, 0)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+# Anchors of the classic "jet" colour map: position, (R, G, B).
+_JET = (
+    (0.0, (0, 0, 128)),
+    (0.125, (0, 0, 255)),
+    (0.375, (0, 255, 255)),
+    (0.625, (255, 255, 0)),
+    (0.875, (255, 0, 0)),
+    (1.0, (128, 0, 0)),
+)
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB with the jet colour map (shape + (3,))."""
+    positions = [p for p, _ in _JET]
+    channels = [np.interp(values, positions, [rgb[c] for _, rgb in _JET]) for c in range(3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def blend(gray: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
+    """Grey image to RGB, with the heatmap blended in where it is above HOT_FLOOR."""
+    base = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    if heatmap is None:
+        return base.astype(np.uint8)
+    alpha = MAX_ALPHA * np.clip((heatmap - HOT_FLOOR) / (1.0 - HOT_FLOOR), 0.0, 1.0)
+    colour = colormap(heatmap).astype(np.float32)
+    out = base * (1.0 - alpha[..., None]) + colour * alpha[..., None]
+    return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def _check_inputs(
+    source: pydicom.Dataset, display: np.ndarray, heatmap: np.ndarray | None
+) -> np.ndarray | None:
+    """Display and heatmap must share the source geometry; returns a clean heatmap."""
+    shape = (int(source.Rows), int(source.Columns))
+    if display.dtype != np.uint8 or display.shape != shape:
+        raise ValueError(f"display must be uint8 with shape {shape}")
+    if heatmap is None:
+        return None
+    if heatmap.shape != shape:
+        raise ValueError(f"heatmap must have shape {shape}")
+    return np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
+
+
+def _font(size: int) -> Font:
+    """Pillow's default font at ``size`` (FreeType), else the fixed bitmap default."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def legend_lines(analysis: ImageAnalysis) -> list[str]:
+    """Burned-in legend: top finding(s) with probability, the AI notice, DEMO if so."""
+    positives = analysis.positive_findings[:2]
+    if positives:
+        first = ", ".join(f"{f.label} {f.probability:.0%}" for f in positives)
+    elif analysis.findings:
+        top = max(analysis.findings, key=lambda f: f.probability)
+        first = f"No finding above threshold (top: {top.label} {top.probability:.0%})"
+    else:
+        first = "No findings reported"
+    lines = [first, "AI-generated - not for diagnosis"]
+    if analysis.model.demo:
+        lines.append("DEMO MODEL - NOT TRAINED")
+    return lines
+
+
+def _font_size(width: int) -> int:
+    return int(min(max(round(width / 40), 9), 28))
+
+
+def _fitting_font(text: str, width: int) -> Font:
+    """Largest default font, from the band's size down to 7 px, at which text fits."""
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    size = _font_size(width)
+    font = _font(size)
+    while size > 7 and draw.textlength(text, font=font) > width - size:
+        size -= 1
+        font = _font(size)
+    return font
+
+
+def _band_height(n_lines: int, size: int, with_bar: bool) -> int:
+    line = round(size * 1.4)
+    rows = n_lines + (1 if with_bar else 0)
+    return rows * line + size
+
+
+def layout(rows: int, columns: int, n_lines: int, with_bar: bool) -> tuple[int, int, int]:
+    """(width, height, band) with width and height + band at most MAX_SIDE; aspect kept."""
+    scale = min(1.0, MAX_SIDE / max(rows, columns))
+    for _ in range(3):
+        width = max(1, round(columns * scale))
+        height = max(1, round(rows * scale))
+        band = _band_height(n_lines, _font_size(width), with_bar)
+        if height + band <= MAX_SIDE:
+            return width, height, band
+        scale = min(scale, (MAX_SIDE - band) / rows)
+    return width, height, band
+
+
+def _resize(
+    display: np.ndarray, heatmap: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Downscale (Lanczos for the image, bilinear for the map); no-op at full size."""
+    if (display.shape[1], display.shape[0]) == size:
+        return display, heatmap
+    gray = np.asarray(Image.fromarray(display).resize(size, Image.Resampling.LANCZOS))
+    if heatmap is None:
+        return gray, None
+    heat = np.asarray(Image.fromarray(heatmap).resize(size, Image.Resampling.BILINEAR))
+    return gray, np.clip(heat, 0.0, 1.0)
+
+
+def _draw_bar(
+    draw: ImageDraw.ImageDraw, canvas: Image.Image, top: int, font: Font, size: int
+) -> None:
+    """Horizontal colour scale bar "low ... high" over the drawn range [HOT_FLOOR, 1]."""
+    pad = size // 2
+    low_w = round(draw.textlength("low", font=font))
+    high_w = round(draw.textlength("high", font=font))
+    left = pad + low_w + pad
+    right = canvas.width - pad - high_w - pad
+    if right - left < 8:
+        return
+    bar = colormap(np.linspace(HOT_FLOOR, 1.0, right - left))  # the drawn range
+    bar_rows = np.repeat(bar[None, :, :], max(2, size * 2 // 3), axis=0)
+    canvas.paste(Image.fromarray(bar_rows), (left, top + (size - bar_rows.shape[0]) // 2))
+    draw.text((pad, top), "low", font=font, fill=WHITE)
+    draw.text((right + pad, top), "high", font=font, fill=WHITE)
+
+
+def _draw_legend(canvas: Image.Image, top: int, lines: list[str], with_bar: bool) -> None:
+    """Band content: the colour bar (when there is a heatmap), then the legend lines.
+
+    Each line keeps the band's font size unless it is too long for the width.
+    """
+    draw = ImageDraw.Draw(canvas)
+    size = _font_size(canvas.width)
+    line = round(size * 1.4)
+    y = top + size // 2
+    if with_bar:
+        _draw_bar(draw, canvas, y, _font(size), size)
+        y += line
+    for text in lines:
+        fill = WARNING if text.startswith(("DEMO", "AI-generated")) else WHITE
+        draw.text((size // 2, y), text, font=_fitting_font(text, canvas.width), fill=fill)
+        y += line
+
+
+def render(display: np.ndarray, heatmap: np.ndarray | None, analysis: ImageAnalysis) -> np.ndarray:
+    """Compose the RGB picture: overlay on top, legend band below (uint8 H x W x 3)."""
+    lines = legend_lines(analysis)
+    with_bar = heatmap is not None
+    width, height, band = layout(display.shape[0], display.shape[1], len(lines), with_bar)
+    gray, heat = _resize(display, heatmap, (width, height))
+    canvas = Image.new("RGB", (width, height + band))
+    canvas.paste(Image.fromarray(blend(gray, heat)), (0, 0))
+    _draw_legend(canvas, height, lines, with_bar)
+    return np.asarray(canvas)
+
+
+def _orientation(source: pydicom.Dataset) -> tuple[str, str] | None:
+    """Source PatientOrientation when highdicom accepts it (single biped letters)."""
+    value = source.get("PatientOrientation")
+    if value is None or isinstance(value, str) or len(value) != 2:
+        return None
+    allowed = {v.value for v in hd.PatientOrientationValuesBiped}
+    row, column = str(value[0]), str(value[1])
+    return (row, column) if row in allowed and column in allowed else None
+
+
+def _source_reference(source: pydicom.Dataset) -> DicomSequence:
+    """SourceImageSequence item with purpose of reference (PS3.3 C.7.6.1, CID 7202)."""
+    purpose = pydicom.Dataset()
+    code = codes.DCM.SourceImageForImageProcessingOperation
+    purpose.CodeValue = code.value
+    purpose.CodingSchemeDesignator = code.scheme_designator
+    purpose.CodeMeaning = code.meaning
+    item = pydicom.Dataset()
+    item.ReferencedSOPClassUID = source.SOPClassUID
+    item.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    item.PurposeOfReferenceCodeSequence = DicomSequence([purpose])
+    return DicomSequence([item])
+
+
+def _finish(
+    sc: pydicom.Dataset, source: pydicom.Dataset, orientation: tuple[str, str] | None
+) -> None:
+    """What highdicom leaves out: reference, body part, orientation, conversion, notice."""
+    sc.SourceImageSequence = _source_reference(source)
+    body_part = source.get("BodyPartExamined")
+    if body_part:
+        sc.BodyPartExamined = body_part
+    laterality = source.get("Laterality")
+    if laterality is not None:
+        sc.Laterality = laterality
+    elif not body_part:
+        sc.Laterality = ""  # Type 2C: whether the part is paired is unknown
+    if orientation is None:
+        value = source.get("PatientOrientation")
+        sc.PatientOrientation = list(value) if value else ""
+    sc.ConversionType = "WSD"
+    sc.BurnedInAnnotation = "YES"
+    sc.DerivationDescription = "AI heatmap overlay with burned-in legend; not for diagnostic use"
+
+
+def build_heatmap_sc(
+    source: pydicom.Dataset,
+    display: np.ndarray,
+    heatmap: np.ndarray | None,
+    analysis: ImageAnalysis,
+    *,
+    series_instance_uid: str,
+    sop_instance_uid: str,
+    series_number: int,
+    instance_number: int = 1,
+) -> pydicom.Dataset:
+    """RGB Secondary Capture (PS3.3 A.8.1) of the heatmap overlay, in the source study."""
+    if analysis.sop_instance_uid != source.SOPInstanceUID:
+        raise ValueError("analysis does not belong to the source image")
+    heat = _check_inputs(source, display, heatmap)
+    pixels = render(display, heat, analysis)
+    orientation = _orientation(source)
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=header_view(source),
+        pixel_array=pixels,
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+        bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        # Placeholder only when the source has none highdicom accepts; _finish then
+        # writes the source's own value (or empty, Type 2C) instead.
+        patient_orientation=orientation or ("L", "F"),
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=series_description(demo=analysis.model.demo, kind="heatmap"),
+        manufacturer_model_name=analysis.model.name,
+        software_versions=analysis.model.version,
+    )
+    _finish(sc, source, orientation)
+    restore_verbatim(sc, source)
+    return sc

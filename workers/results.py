@@ -1,0 +1,65 @@
+"""From analysis data to DICOM result objects on disk (SR + SC), with stable UIDs.
+
+Result UIDs derive from the source instance and the model set, so analysing the same image again
+with the same models (after a crash, say) re-creates the same SOP Instance UIDs and a PACS
+stores them once.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from workers.analysis import AnalysedImage
+from workers.encode.sc import build_heatmap_sc
+from workers.encode.sr import build_measurement_report
+from workers.pixels import to_uint8
+
+SR_SERIES_NUMBER = 9901
+SC_SERIES_NUMBER = 9902
+
+
+def _uid(*parts: str) -> str:
+    return str(generate_uid(entropy_srcs=list(parts)))
+
+
+def encode_results(source: Dataset, analysed: AnalysedImage) -> list[tuple[str, Dataset]]:
+    """The SR and the SC for one analysed image, as (kind, dataset) pairs."""
+    study_uid = str(source.StudyInstanceUID)
+    source_uid = str(source.SOPInstanceUID)
+    device_uid = analysed.analysis.model.device_uid
+    report = build_measurement_report(
+        source,
+        analysed.analysis,
+        series_instance_uid=_uid(study_uid, device_uid, "sr-series"),
+        sop_instance_uid=_uid(source_uid, device_uid, "sr"),
+        series_number=SR_SERIES_NUMBER,
+    )
+    heatmap = build_heatmap_sc(
+        source,
+        to_uint8(analysed.display),
+        analysed.heatmap,
+        analysed.analysis,
+        series_instance_uid=_uid(study_uid, device_uid, "sc-series"),
+        sop_instance_uid=_uid(source_uid, device_uid, "sc"),
+        series_number=SC_SERIES_NUMBER,
+    )
+    return [("sr", report), ("sc", heatmap)]
+
+
+def to_bytes(dataset: Dataset) -> bytes:
+    """A Part 10 file's bytes (PS3.10), with the file meta highdicom prepared."""
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_plain(folder: Path, dataset: Dataset) -> Path:
+    """Write a result into a folder (offline ``analyze --out``), named by its SOP Instance UID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{dataset.Modality}_{dataset.SOPInstanceUID}.dcm"
+    path.write_bytes(to_bytes(dataset))
+    return path
