@@ -1,0 +1,67 @@
+"""The README quick start: ``make run`` from a fresh clone answers C-ECHO soon after installing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cxr_node.check import echo
+from tests.conftest import REPO, free_port
+
+pytestmark = pytest.mark.integration
+
+ECHO_DEADLINE_SECONDS = 30.0  # the issue's requirement, measured from the end of the install
+
+
+def test_make_run_from_fresh_clone_answers_echo(tmp_path: Path) -> None:
+    if (
+        subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("not a git checkout with commits")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_NODE_", "VIRTUAL_ENV"))}
+    log_path = tmp_path / "make-run.log"
+    with log_path.open("wb") as log:
+        make = subprocess.Popen(
+            ["make", "run", f"PORT={port}", "DATA_DIR=var"],
+            cwd=clone,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stamp = clone / ".venv" / ".cxr-node-installed"
+    try:
+        deadline = time.monotonic() + 600
+        while not stamp.exists():
+            assert make.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, "install took over 10 minutes"
+            time.sleep(0.2)
+        installed_at = time.monotonic()
+        problem: str | None = "not tried"
+        while time.monotonic() - installed_at < ECHO_DEADLINE_SECONDS:
+            problem = echo("127.0.0.1", port, "CXR_NODE", timeout=2.0)
+            if problem is None:
+                break
+            time.sleep(0.3)
+        elapsed = time.monotonic() - installed_at
+        assert problem is None, f"no C-ECHO {elapsed:.0f} s after install: {log_path.read_text()}"
+        print(f"C-ECHO answered {elapsed:.1f} s after the install finished")
+        assert "DEMO" in log_path.read_text()
+    finally:
+        os.killpg(make.pid, signal.SIGTERM)
+        try:
+            make.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait(10)

@@ -1,0 +1,466 @@
+"""The study ledger (cxr_node.ledger) on SQLite: states, claims, leases, recovery, deliveries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cxr_node.ledger as ledger_module
+from cxr_node.jobs import Destination
+from cxr_node.ledger import DeliveryState, Ledger, ResultRow, StudyState
+
+PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
+VIEWER = Destination(ae_title="VIEWER", host="127.0.0.1", port=4242)
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+
+
+class FakeClock:
+    """Stands in for the ``time`` module inside cxr_node.ledger (it only calls time())."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+
+
+@pytest.fixture
+def ledger(url: str) -> Iterator[Ledger]:
+    instance = Ledger(url)
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(ledger_module, "time", fake)
+    return fake
+
+
+def record(
+    ledger: Ledger,
+    study: str = STUDY,
+    sop: str = "1.2.3.1",
+    *,
+    eligible: bool = True,
+    reason_code: str | None = None,
+    destinations: list[Destination] | None = None,
+) -> bool:
+    return ledger.record_instance(
+        study_key=study,
+        study_uid=study,
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        path=f"{study}/{sop}.dcm",
+        size=1234,
+        eligible=eligible,
+        reason_code=reason_code,
+        reason=None if reason_code is None else "because",
+        calling_ae="MODALITY",
+        destinations=[PACS] if destinations is None else destinations,
+    )
+
+
+def state(ledger: Ledger, study: str = STUDY) -> StudyState:
+    row = ledger.study(study)
+    assert row is not None
+    return row.state
+
+
+def result_row(sop: str = "1.2.3.99") -> ResultRow:
+    return ResultRow(
+        sop_instance_uid=sop, source_sop_instance_uid="1.2.3.1", kind="sr", path=f"r/{sop}.dcm"
+    )
+
+
+def analysed(ledger: Ledger, destinations: list[Destination], study: str = STUDY) -> None:
+    """Bring a recorded study to ANALYSED (or DELIVERED without destinations)."""
+    ledger.mark_queued(study)
+    assert ledger.claim(study, lease_seconds=60)
+    ledger.record_results(study, [result_row()], destinations)
+
+
+# --- the normal path ------------------------------------------------------------------------------
+
+
+def test_state_machine_received_to_delivered(ledger: Ledger) -> None:
+    assert record(ledger) is True
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.state is StudyState.RECEIVED
+    assert row.destinations == [PACS]
+    assert row.attempts == 0
+
+    ledger.mark_queued(STUDY)
+    assert state(ledger) is StudyState.QUEUED
+
+    assert ledger.claim(STUDY, lease_seconds=60) is True
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.state is StudyState.ANALYSING
+    assert row.attempts == 1
+
+    ledger.record_results(STUDY, [result_row("1.2.3.98"), result_row("1.2.3.99")], [PACS])
+    assert state(ledger) is StudyState.ANALYSED
+    assert ledger.pending_deliveries(STUDY) == [str(PACS)]
+    assert {r.sop_instance_uid for r in ledger.results_of(STUDY)} == {"1.2.3.98", "1.2.3.99"}
+
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    assert state(ledger) is StudyState.DELIVERED
+    assert ledger.pending_deliveries(STUDY) == []
+    assert ledger.deliveries_of(STUDY) == {str(PACS): (DeliveryState.DELIVERED, 1, None)}
+
+
+def test_instances_are_listed_with_their_eligibility(ledger: Ledger) -> None:
+    record(ledger, sop="1.2.3.1")
+    record(ledger, sop="1.2.3.2", eligible=False, reason_code="LATERAL_VIEW")
+    rows = {row.sop_instance_uid: row for row in ledger.instances_of(STUDY)}
+    assert rows["1.2.3.1"].eligible is True and rows["1.2.3.1"].reason_code is None
+    assert rows["1.2.3.2"].eligible is False and rows["1.2.3.2"].reason_code == "LATERAL_VIEW"
+    assert rows["1.2.3.2"].path == f"{STUDY}/1.2.3.2.dcm"
+
+
+def test_mark_not_eligible_records_the_reason(ledger: Ledger) -> None:
+    record(ledger, eligible=False, reason_code="BODY_PART")
+    ledger.mark_not_eligible(STUDY, "BODY_PART", "body part examined is not the chest")
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert (row.state, row.reason_code) == (StudyState.NOT_ELIGIBLE, "BODY_PART")
+
+
+def test_mark_failed_records_the_reason(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    assert ledger.claim(STUDY, 60)
+    ledger.mark_failed(STUDY, "UNDECODABLE", "pixel data cannot be decoded")
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert (row.state, row.reason_code, row.reason) == (
+        StudyState.FAILED,
+        "UNDECODABLE",
+        "pixel data cannot be decoded",
+    )
+    assert ledger.claim(STUDY, 60) is False  # a permanent failure is not claimed again
+
+
+# --- claims and leases ------------------------------------------------------------------------
+
+
+def test_claim_is_exclusive(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    assert ledger.claim(STUDY, lease_seconds=60) is True
+    assert ledger.claim(STUDY, lease_seconds=60) is False
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.attempts == 1
+
+
+def test_claim_needs_a_queued_study(ledger: Ledger) -> None:
+    record(ledger)
+    assert ledger.claim(STUDY, 60) is False  # still RECEIVED: not assembled yet
+    assert ledger.claim("1.9.9.9", 60) is False  # unknown study
+    assert state(ledger) is StudyState.RECEIVED
+
+
+def test_lease_expired_analysing_study_can_be_claimed_again(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    assert ledger.claim(STUDY, lease_seconds=30)
+    clock.advance(29)
+    assert ledger.claim(STUDY, lease_seconds=30) is False  # lease still held
+    clock.advance(2)
+    assert ledger.claim(STUDY, lease_seconds=30) is True  # the first worker died
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert (row.state, row.attempts) == (StudyState.ANALYSING, 2)
+
+
+def test_claim_is_exclusive_across_two_ledger_objects(url: str, ledger: Ledger) -> None:
+    other = Ledger(url)
+    try:
+        record(ledger)
+        ledger.mark_queued(STUDY)
+        assert other.claim(STUDY, 60) is True
+        assert ledger.claim(STUDY, 60) is False
+    finally:
+        other.close()
+
+
+# --- instances arriving again or late ------------------------------------------------------------
+
+
+def test_duplicate_instance_returns_false_and_does_not_reset_the_study(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    assert record(ledger) is True
+    ledger.mark_queued(STUDY)
+    before = ledger.study(STUDY)
+    clock.advance(5)
+    assert record(ledger) is False
+    after = ledger.study(STUDY)
+    assert after is not None and before is not None
+    assert after.state is StudyState.QUEUED
+    assert after.last_received_at == before.last_received_at
+    assert len(ledger.instances_of(STUDY)) == 1
+
+
+def test_duplicate_instance_of_a_delivered_study_keeps_it_delivered(ledger: Ledger) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    assert record(ledger) is False
+    assert state(ledger) is StudyState.DELIVERED
+
+
+@pytest.mark.parametrize("final", ["delivered", "not_eligible", "failed"])
+def test_new_instance_in_a_finished_study_sends_it_back_to_received(
+    ledger: Ledger, final: str
+) -> None:
+    record(ledger)
+    if final == "delivered":
+        analysed(ledger, [PACS])
+        ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    elif final == "not_eligible":
+        ledger.mark_not_eligible(STUDY, "BODY_PART", "not chest")
+    else:
+        ledger.mark_failed(STUDY, "UNDECODABLE", "broken")
+    assert state(ledger) == StudyState(final)
+
+    assert record(ledger, sop="1.2.3.2") is True
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.state is StudyState.RECEIVED
+    assert row.reason_code is None and row.reason is None
+    assert len(ledger.instances_of(STUDY)) == 2
+
+
+@pytest.mark.xfail(
+    reason="BUG: an instance arriving while the study is QUEUED/ANALYSING only bumps "
+    "last_received_at; record_results then sets ANALYSED and the late image is never analysed",
+    strict=True,
+)
+def test_instance_arriving_during_analysis_is_analysed_later(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    record(ledger, sop="1.2.3.1")
+    ledger.mark_queued(STUDY)
+    assert ledger.claim(STUDY, 60)  # the job carries only 1.2.3.1
+    clock.advance(1)
+    assert record(ledger, sop="1.2.3.2") is True
+    ledger.record_results(STUDY, [result_row()], [PACS])
+    clock.advance(10)
+    # the study must come round again, so that the late image gets its own analysis
+    assert STUDY in ledger.studies_quiet_since(2.0)
+
+
+@pytest.mark.xfail(
+    reason="BUG: record_delivery sets DELIVERED whatever the study's state; a study sent back to "
+    "RECEIVED by a new instance is marked DELIVERED and the new image is never assembled",
+    strict=True,
+)
+def test_delivery_of_old_results_does_not_finish_a_study_that_got_a_new_instance(
+    ledger: Ledger,
+) -> None:
+    record(ledger, sop="1.2.3.1")
+    analysed(ledger, [PACS])
+    assert record(ledger, sop="1.2.3.2") is True
+    assert state(ledger) is StudyState.RECEIVED
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    assert state(ledger) is StudyState.RECEIVED
+
+
+# --- assembly and recovery queries -------------------------------------------------------------
+
+
+def test_studies_quiet_since_respects_the_quiet_period(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger, study="1.1")
+    clock.advance(1.5)
+    record(ledger, study="1.2")
+    assert ledger.studies_quiet_since(2.0) == []
+    clock.advance(0.5)
+    assert ledger.studies_quiet_since(2.0) == ["1.1"]  # 2.0 s since its last instance
+    clock.advance(1.0)
+    record(ledger, study="1.1", sop="1.2.3.2")  # a new image restarts its quiet period
+    assert ledger.studies_quiet_since(2.0) == []
+    clock.advance(1.0)
+    assert ledger.studies_quiet_since(2.0) == ["1.2"]
+    clock.advance(1.0)
+    assert sorted(ledger.studies_quiet_since(2.0)) == ["1.1", "1.2"]
+
+
+def test_studies_quiet_since_only_lists_received_studies(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger, study="1.1")
+    record(ledger, study="1.2")
+    ledger.mark_queued("1.2")
+    clock.advance(10)
+    assert ledger.studies_quiet_since(2.0) == ["1.1"]
+
+
+def test_stale_studies_at_start_returns_queued_and_analysing(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    for study in ("1.1", "1.2", "1.3", "1.4"):
+        record(ledger, study=study)
+    ledger.mark_queued("1.2")
+    ledger.mark_queued("1.3")
+    assert ledger.claim("1.3", lease_seconds=600)  # lease still valid
+    ledger.mark_queued("1.4")
+    assert ledger.claim("1.4", 600)
+    ledger.record_results("1.4", [result_row()], [])  # delivered: nothing to recover
+    stale = {
+        row.study_key: row.state
+        for row in ledger.stale_studies(queued_older_than=0.0, all_analysing=True)
+    }
+    assert stale == {"1.2": StudyState.QUEUED, "1.3": StudyState.ANALYSING}
+
+
+def test_stale_studies_later_only_old_queued_and_expired_leases(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    for study in ("1.1", "1.2"):
+        record(ledger, study=study)
+        ledger.mark_queued(study)
+    assert ledger.claim("1.2", lease_seconds=100)
+    clock.advance(50)
+    assert ledger.stale_studies(queued_older_than=300.0, all_analysing=False) == []
+    clock.advance(60)  # 110 s: lease of 1.2 expired, 1.1 queued for only 110 s
+    assert [
+        r.study_key for r in ledger.stale_studies(queued_older_than=300.0, all_analysing=False)
+    ] == ["1.2"]
+    clock.advance(200)  # 310 s: 1.1 has waited in the queue too long
+    assert sorted(
+        r.study_key for r in ledger.stale_studies(queued_older_than=300.0, all_analysing=False)
+    ) == [
+        "1.1",
+        "1.2",
+    ]
+
+
+def _undelivered_scenario(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    record(ledger, study="1.9", destinations=[PACS])
+    analysed(ledger, [PACS], study="1.9")
+    ledger.record_delivery("1.9", str(PACS), DeliveryState.DELIVERED)
+    assert ledger.undelivered_studies(600.0) == []
+    clock.advance(601)
+    assert ledger.undelivered_studies(600.0) == [STUDY]
+
+
+@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
+def test_undelivered_studies_lists_analysed_with_old_pending_deliveries(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    _undelivered_scenario(ledger, clock)
+
+
+@pytest.mark.xfail(
+    reason="BUG: undelivered_studies uses sa.select(sa.distinct(column)); SQLAlchemy 2.1 warns "
+    "(SAWarning, an error under filterwarnings=error): use sa.select(column).distinct()",
+    strict=True,
+)
+def test_undelivered_studies_emits_no_warning(ledger: Ledger, clock: FakeClock) -> None:
+    _undelivered_scenario(ledger, clock)
+
+
+# --- deliveries ---------------------------------------------------------------------------------
+
+
+def test_failed_delivery_fails_the_study_with_delivery_failed(ledger: Ledger) -> None:
+    record(ledger, destinations=[PACS, VIEWER])
+    analysed(ledger, [PACS, VIEWER])
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    assert state(ledger) is StudyState.ANALYSED  # VIEWER still pending
+    ledger.record_delivery(STUDY, str(VIEWER), DeliveryState.FAILED, "0xA700 from VIEWER")
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.state is StudyState.FAILED
+    assert row.reason_code == "DELIVERY_FAILED"
+    assert row.reason == "0xA700 from VIEWER"
+    deliveries = ledger.deliveries_of(STUDY)
+    assert deliveries[str(PACS)][0] == DeliveryState.DELIVERED
+    assert deliveries[str(VIEWER)] == (DeliveryState.FAILED, 1, "0xA700 from VIEWER")
+
+
+def test_pending_delivery_attempts_are_counted(ledger: Ledger) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.PENDING, "association refused")
+    ledger.record_delivery(STUDY, str(PACS), DeliveryState.PENDING, "association refused")
+    assert state(ledger) is StudyState.ANALYSED
+    assert ledger.deliveries_of(STUDY)[str(PACS)] == (
+        DeliveryState.PENDING,
+        2,
+        "association refused",
+    )
+
+
+def test_study_without_destinations_goes_straight_to_delivered(ledger: Ledger) -> None:
+    record(ledger, destinations=[])
+    analysed(ledger, [])
+    assert state(ledger) is StudyState.DELIVERED
+    assert ledger.pending_deliveries(STUDY) == []
+    assert ledger.deliveries_of(STUDY) == {}
+
+
+def test_recording_results_twice_keeps_one_row_per_result(ledger: Ledger) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    ledger.record_results(STUDY, [result_row()], [PACS])
+    assert len(ledger.results_of(STUDY)) == 1
+    assert ledger.pending_deliveries(STUDY) == [str(PACS)]
+
+
+# --- several processes on one file ---------------------------------------------------------------
+
+
+def test_two_ledgers_on_one_file_see_each_others_writes(url: str, ledger: Ledger) -> None:
+    other = Ledger(url)
+    try:
+        record(ledger)
+        seen = other.study(STUDY)
+        assert seen is not None and seen.state is StudyState.RECEIVED
+        other.mark_queued(STUDY)
+        assert state(ledger) is StudyState.QUEUED
+        assert record(other, sop="1.2.3.2") is True
+        assert record(ledger, sop="1.2.3.2") is False  # the other one already has it
+        assert len(ledger.instances_of(STUDY)) == 2
+    finally:
+        other.close()
+
+
+def test_ledger_survives_reopening(url: str) -> None:
+    first = Ledger(url)
+    record(first)
+    first.mark_queued(STUDY)
+    first.close()
+    second = Ledger(url)
+    try:
+        assert state(second) is StudyState.QUEUED
+        assert second.study(STUDY) is not None
+    finally:
+        second.close()
+
+
+def test_list_studies_most_recent_first(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger, study="1.1")
+    clock.advance(1)
+    record(ledger, study="1.2")
+    clock.advance(1)
+    ledger.mark_queued("1.1")
+    assert [row.study_key for row in ledger.list_studies()] == ["1.1", "1.2"]
+    assert [row.study_key for row in ledger.list_studies(limit=1)] == ["1.1"]
