@@ -68,10 +68,10 @@ def node_env(models: Path) -> dict[str, str]:
 class StoreSCP:
     """A DCMTK storescp destination writing every received object into a folder."""
 
-    def __init__(self, folder: Path, ae_title: str = "DEST") -> None:
+    def __init__(self, folder: Path, ae_title: str = "DEST", port: int | None = None) -> None:
         self.folder = folder
         self.ae_title = ae_title
-        self.port = free_port()
+        self.port = port or free_port()
         folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
             [

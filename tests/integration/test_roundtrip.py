@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
-from tests.conftest import StoreSCP, require_tool, wait_until
+from tests.conftest import StoreSCP, free_port, require_tool, wait_until
 from tests.dicom_checks import dciodvfy_errors
 from tests.integration.node import NodeProcess, storescu
 
@@ -118,3 +118,35 @@ def test_sigkill_after_ack_before_analysis_still_delivers_once(
     time.sleep(5)  # anything duplicated would have arrived by now
     _assert_results(storescp, chest)
     assert second.studies()[0]["state"] == "delivered"
+
+
+def test_destination_down_then_up_gets_results(
+    tmp_path: Path, models_dir: Path, chest: Path, nodes: list[NodeProcess]
+) -> None:
+    port = free_port()  # the destination's port is known now, storescp starts later
+    node = NodeProcess(
+        tmp_path / "node",
+        models_dir,
+        "--destination",
+        f"LATE@127.0.0.1:{port}",
+        "--quiet-seconds",
+        "0.2",
+    ).start()
+    nodes.append(node)
+    assert storescu(node.port, chest).returncode == 0
+    assert wait_until(lambda: _delivery_attempts(node) >= 1, timeout=60), node.log()
+    started = StoreSCP(tmp_path / "late", ae_title="LATE", port=port)
+    try:
+        assert wait_until(lambda: len(started.files()) >= 2, timeout=60), node.log()
+        assert wait_until(lambda: node.studies()[0]["state"] == "delivered", timeout=10)
+    finally:
+        started.stop()
+
+
+def _delivery_attempts(node: NodeProcess) -> int:
+    studies = node.studies()
+    if not studies:
+        return 0
+    deliveries = studies[0]["deliveries"]
+    assert isinstance(deliveries, dict)
+    return sum(int(d["attempts"]) for d in deliveries.values())

@@ -8,7 +8,6 @@ with its Type 1 and Type 2 attributes filled so that dciodvfy reports no errors.
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -181,26 +180,7 @@ def make_analysis(
     )
 
 
-# --- validators shared by the encoder tests -------------------------------------------
-
-DCIODVFY = Path("/usr/bin/dciodvfy")
-DSRDUMP = Path("/usr/bin/dsrdump")
-
-
-def require_tool(tool: Path) -> None:
-    """Skip the calling test, saying why, when a validator is not installed."""
-    if not tool.is_file():
-        pytest.skip(f"{tool} not installed (Debian package dicom3tools / dcmtk)")
-
-
-def dciodvfy(path: Path) -> tuple[list[str], list[str]]:
-    """Run dciodvfy on a file: (error lines, warning lines)."""
-    require_tool(DCIODVFY)
-    run = subprocess.run([str(DCIODVFY), str(path)], capture_output=True, text=True, timeout=60)
-    lines = (run.stdout + run.stderr).splitlines()
-    errors = [line for line in lines if line.startswith("Error")]
-    warnings = [line for line in lines if line.startswith("Warning")]
-    return errors, warnings
+# --- corpus access for the encoder tests ---------------------------------------------
 
 
 def corpus_file(relative: str) -> Path:

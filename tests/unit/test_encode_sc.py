@@ -10,10 +10,10 @@ import pytest
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from cxr_node.jobs import ImageAnalysis
+from tests.dicom_checks import dciodvfy
 from tests.unit._synthetic import (
     corpus_file,
     crude_display,
-    dciodvfy,
     make_analysis,
     make_dx_chest,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,13 +12,11 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from cxr_node.jobs import ImageAnalysis
+from tests.dicom_checks import dciodvfy, dsrdump
 from tests.unit._synthetic import (
-    DSRDUMP,
     corpus_file,
-    dciodvfy,
     make_analysis,
     make_dx_chest,
-    require_tool,
 )
 from workers.encode.sr import (
     COMMENT,
@@ -87,9 +84,8 @@ def test_dciodvfy_reports_no_errors(source: pydicom.Dataset, tmp_path: Path, dem
 
 
 def test_dsrdump_reads_the_document(source: pydicom.Dataset, tmp_path: Path) -> None:
-    require_tool(DSRDUMP)
     path = _write(_build(source, make_analysis(source.SOPInstanceUID, demo=True)), tmp_path)
-    run = subprocess.run([str(DSRDUMP), str(path)], capture_output=True, text=True, timeout=60)
+    run = dsrdump(path)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Measurement Group" in run.stdout
 
