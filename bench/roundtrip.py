@@ -75,9 +75,20 @@ def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Po
         return subprocess.Popen(arguments, cwd=REPO, env=env, stdout=stream, stderr=stream)
 
 
+STORESCU_OPTIONS: list[str] = []
+
+
 def storescu(port: int, path: Path) -> None:
     subprocess.run(
-        ["/usr/bin/storescu", "-aec", "CXR_NODE", "127.0.0.1", str(port), str(path)],
+        [
+            "/usr/bin/storescu",
+            "-aec",
+            "CXR_NODE",
+            *STORESCU_OPTIONS,
+            "127.0.0.1",
+            str(port),
+            str(path),
+        ],
         check=True,
         capture_output=True,
     )
@@ -191,8 +202,16 @@ def describe(values: list[float]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--studies", type=int, default=20)
-    parser.add_argument("--image", default=DEFAULT_IMAGE)
+    parser.add_argument("--image", default=DEFAULT_IMAGE, help="corpus-relative path")
+    parser.add_argument(
+        "--storescu-option",
+        action="append",
+        default=[],
+        help="extra storescu option, e.g. -xw to propose JPEG 2000 (lossy)",
+    )
+    parser.add_argument("--skip-memory", action="store_true")
     args = parser.parse_args()
+    STORESCU_OPTIONS.extend(args.storescu_option)
     corpus = Path(os.environ.get("CXR_CORPUS", "../shared/cxr-corpus")).resolve()
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as temp:
         work = Path(temp)
@@ -213,6 +232,8 @@ def main() -> int:
         for quiet in (2.0, 0.2):
             times = latency(work, copies, quiet, env)
             print(f"round trip, embedded queue, quiet period {quiet:.1f}s: {describe(times)}")
+        if args.skip_memory:
+            return 0
         (work / "memory").mkdir()
         more = make_copies(corpus / args.image, 10, work / "memory")
         idle, busy, torch_loaded = serve_memory(work, more, env)

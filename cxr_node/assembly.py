@@ -85,7 +85,8 @@ class StudyAssembler:
     def _job(self, study_key: str) -> InferenceJob:
         study = self._ledger.study(study_key)
         assert study is not None
-        paths = [i.path for i in self._ledger.instances_of(study_key) if i.eligible]
         return InferenceJob(
-            study_key=study_key, instance_paths=paths, destinations=study.destinations
+            study_key=study_key,
+            instance_paths=self._ledger.eligible_paths(study_key),
+            destinations=study.destinations,
         )

@@ -57,6 +57,7 @@ studies = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("last_received_at", sa.Float, nullable=False),
     sa.Column("lease_until", sa.Float),
+    sa.Column("claimed_at", sa.Float),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
 )
 
@@ -201,14 +202,71 @@ class Ledger:
     ) -> bool:
         """Record a spooled instance; return False when the instance was already known."""
         now = time.time()
-        with self._begin() as db:
-            known = db.execute(
+        try:
+            return self._record_instance(
+                now,
+                study_key,
+                study_uid,
+                sop_instance_uid,
+                sop_class_uid,
+                path,
+                size,
+                eligible,
+                reason_code,
+                reason,
+                calling_ae,
+                destinations,
+            )
+        except sa.exc.IntegrityError:
+            # Another association stored the same instance (or study) between our check and
+            # our insert: the instance is known, or the study row now exists; go round again.
+            with self._begin() as db:
+                if self._instance_known(db, study_key, sop_instance_uid):
+                    return False
+            return self._record_instance(
+                now,
+                study_key,
+                study_uid,
+                sop_instance_uid,
+                sop_class_uid,
+                path,
+                size,
+                eligible,
+                reason_code,
+                reason,
+                calling_ae,
+                destinations,
+            )
+
+    @staticmethod
+    def _instance_known(db: Connection, study_key: str, sop_instance_uid: str) -> bool:
+        return (
+            db.execute(
                 sa.select(instances.c.path).where(
                     instances.c.study_key == study_key,
                     instances.c.sop_instance_uid == sop_instance_uid,
                 )
             ).first()
-            if known is not None:
+            is not None
+        )
+
+    def _record_instance(
+        self,
+        now: float,
+        study_key: str,
+        study_uid: str,
+        sop_instance_uid: str,
+        sop_class_uid: str,
+        path: str,
+        size: int,
+        eligible: bool,
+        reason_code: str | None,
+        reason: str | None,
+        calling_ae: str,
+        destinations: list[Destination],
+    ) -> bool:
+        with self._begin() as db:
+            if self._instance_known(db, study_key, sop_instance_uid):
                 return False
             db.execute(
                 instances.insert().values(
@@ -299,13 +357,14 @@ class Ledger:
         cutoff = time.time() - older_than
         with self._begin() as db:
             rows = db.execute(
-                sa.select(sa.distinct(deliveries.c.study_key))
+                sa.select(deliveries.c.study_key)
                 .join(studies, studies.c.study_key == deliveries.c.study_key)
                 .where(
                     studies.c.state == StudyState.ANALYSED,
                     deliveries.c.state == DeliveryState.PENDING,
                     deliveries.c.updated_at <= cutoff,
                 )
+                .distinct()
             )
             return [row[0] for row in rows]
 
@@ -339,6 +398,7 @@ class Ledger:
                 .values(
                     state=StudyState.ANALYSING,
                     lease_until=now + lease_seconds,
+                    claimed_at=now,
                     updated_at=now,
                     attempts=studies.c.attempts + 1,
                 )
@@ -387,6 +447,8 @@ class Ledger:
                     )
                 )
             state = StudyState.ANALYSED if destinations else StudyState.DELIVERED
+            if self._arrived_since_claim(db, study_key):
+                state = StudyState.RECEIVED  # assemble again: a new image came in meanwhile
             db.execute(
                 studies.update()
                 .where(studies.c.study_key == study_key)
@@ -394,9 +456,26 @@ class Ledger:
             )
             self._event(db, study_key, state, f"{len(produced)} result objects")
 
+    @staticmethod
+    def _arrived_since_claim(db: Connection, study_key: str) -> bool:
+        row = db.execute(
+            sa.select(studies.c.last_received_at, studies.c.claimed_at).where(
+                studies.c.study_key == study_key
+            )
+        ).first()
+        return bool(row and row.claimed_at is not None and row.last_received_at > row.claimed_at)
+
     def mark_failed(self, study_key: str, reason_code: str, reason: str) -> None:
-        """The study cannot be analysed; record why (a permanent failure, not retried)."""
-        self._set_state(study_key, StudyState.FAILED, reason_code=reason_code, reason=reason)
+        """The study cannot be analysed; record why (a permanent failure, not retried).
+
+        When a new image arrived during the analysis, the study is assembled again instead.
+        """
+        with self._begin() as db:
+            again = self._arrived_since_claim(db, study_key)
+        if again:
+            self._set_state(study_key, StudyState.RECEIVED, reason_code=reason_code, reason=reason)
+        else:
+            self._set_state(study_key, StudyState.FAILED, reason_code=reason_code, reason=reason)
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -440,10 +519,16 @@ class Ledger:
                 values: dict[str, Any] = {"state": final, "updated_at": now}
                 if final is StudyState.FAILED:
                     values.update(reason_code="DELIVERY_FAILED", reason=error)
-                db.execute(
-                    studies.update().where(studies.c.study_key == study_key).values(**values)
-                )
-                self._event(db, study_key, final, None)
+                closed = db.execute(
+                    studies.update()
+                    .where(
+                        studies.c.study_key == study_key,
+                        studies.c.state == StudyState.ANALYSED,
+                    )
+                    .values(**values)
+                ).rowcount
+                if closed:
+                    self._event(db, study_key, final, None)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -480,6 +565,10 @@ class Ledger:
             )
             for row in rows
         ]
+
+    def eligible_paths(self, study_key: str) -> list[str]:
+        """Spool-relative paths of the study's images that may be analysed, as of now."""
+        return [i.path for i in self.instances_of(study_key) if i.eligible]
 
     def results_of(self, study_key: str) -> list[ResultRow]:
         """The result objects written for one study."""

@@ -5,13 +5,16 @@ Environment variables are prefixed ``CXR_NODE_`` (nested keys joined with ``__``
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -67,7 +70,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = Field(
         default=None, description="redis://... ; unset means the embedded queue"
     )
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
     study_quiet_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
     ensemble: list[EnsembleMember] = Field(
         default_factory=list, description="Empty: every bundle found in models_dir, weight 1"
@@ -89,7 +92,11 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_destinations(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part for part in value.split(",") if part.strip()]
+            text = value.strip()
+            if text.startswith("["):
+                value = json.loads(text)
+            else:
+                value = [part for part in text.split(",") if part.strip()]
         if isinstance(value, list):
             return [parse_destination(v) if isinstance(v, str) else v for v in value]
         return value
@@ -168,8 +175,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         loaded = _FileSettings(**flags)
     except ValidationError as exc:
         raise ConfigurationError(_describe(exc)) from None
-    except ValueError as exc:  # malformed YAML and similar
-        raise ConfigurationError(f"configuration file {config_file}: {exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:  # malformed YAML or JSON
+        where = f"configuration file {config_file}" if config_file else "configuration"
+        raise ConfigurationError(f"{where}: {exc}") from None
     return loaded
 
 

@@ -17,7 +17,7 @@ from cxr_node.jobs import Finding, Priority
 def normalised_probability(probability: float, threshold: float) -> float:
     """Map ``probability`` so that ``threshold`` lands on 0.5, monotonically, within [0, 1]."""
     if threshold <= 0.0:
-        return 1.0 if probability > 0.0 else 0.5
+        return 0.5 + 0.5 * probability
     if threshold >= 1.0:
         return 0.5 * probability
     if probability < threshold:

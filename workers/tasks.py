@@ -46,7 +46,8 @@ def analyze_study(self: Task, job_payload: dict[str, Any]) -> None:
     produced: list[ResultRow] = []
     refusals: list[RejectedInput] = []
     try:
-        for relative in job.instance_paths:
+        # The ledger, not the message, says which images the study has now.
+        for relative in ctx.ledger.eligible_paths(job.study_key):
             try:
                 produced.extend(_analyse_instance(relative))
             except RejectedInput as exc:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 import cxr_node.ledger as ledger_module
 from cxr_node.jobs import Destination
@@ -91,7 +92,7 @@ def analysed(ledger: Ledger, destinations: list[Destination], study: str = STUDY
     ledger.record_results(study, [result_row()], destinations)
 
 
-# --- the normal path ------------------------------------------------------------------------------
+# --- the normal path --------------------------------------------------------------------------
 
 
 def test_state_machine_received_to_delivered(ledger: Ledger) -> None:
@@ -200,7 +201,7 @@ def test_claim_is_exclusive_across_two_ledger_objects(url: str, ledger: Ledger) 
         other.close()
 
 
-# --- instances arriving again or late ------------------------------------------------------------
+# --- instances arriving again or late ---------------------------------------------------------
 
 
 def test_duplicate_instance_returns_false_and_does_not_reset_the_study(
@@ -248,11 +249,6 @@ def test_new_instance_in_a_finished_study_sends_it_back_to_received(
     assert len(ledger.instances_of(STUDY)) == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: an instance arriving while the study is QUEUED/ANALYSING only bumps "
-    "last_received_at; record_results then sets ANALYSED and the late image is never analysed",
-    strict=True,
-)
 def test_instance_arriving_during_analysis_is_analysed_later(
     ledger: Ledger, clock: FakeClock
 ) -> None:
@@ -267,11 +263,6 @@ def test_instance_arriving_during_analysis_is_analysed_later(
     assert STUDY in ledger.studies_quiet_since(2.0)
 
 
-@pytest.mark.xfail(
-    reason="BUG: record_delivery sets DELIVERED whatever the study's state; a study sent back to "
-    "RECEIVED by a new instance is marked DELIVERED and the new image is never assembled",
-    strict=True,
-)
 def test_delivery_of_old_results_does_not_finish_a_study_that_got_a_new_instance(
     ledger: Ledger,
 ) -> None:
@@ -283,7 +274,7 @@ def test_delivery_of_old_results_does_not_finish_a_study_that_got_a_new_instance
     assert state(ledger) is StudyState.RECEIVED
 
 
-# --- assembly and recovery queries -------------------------------------------------------------
+# --- assembly and recovery queries ------------------------------------------------------------
 
 
 def test_studies_quiet_since_respects_the_quiet_period(ledger: Ledger, clock: FakeClock) -> None:
@@ -361,23 +352,17 @@ def _undelivered_scenario(ledger: Ledger, clock: FakeClock) -> None:
     assert ledger.undelivered_studies(600.0) == [STUDY]
 
 
-@pytest.mark.filterwarnings("ignore::sqlalchemy.exc.SAWarning")
 def test_undelivered_studies_lists_analysed_with_old_pending_deliveries(
     ledger: Ledger, clock: FakeClock
 ) -> None:
     _undelivered_scenario(ledger, clock)
 
 
-@pytest.mark.xfail(
-    reason="BUG: undelivered_studies uses sa.select(sa.distinct(column)); SQLAlchemy 2.1 warns "
-    "(SAWarning, an error under filterwarnings=error): use sa.select(column).distinct()",
-    strict=True,
-)
 def test_undelivered_studies_emits_no_warning(ledger: Ledger, clock: FakeClock) -> None:
     _undelivered_scenario(ledger, clock)
 
 
-# --- deliveries ---------------------------------------------------------------------------------
+# --- deliveries -------------------------------------------------------------------------------
 
 
 def test_failed_delivery_fails_the_study_with_delivery_failed(ledger: Ledger) -> None:
@@ -425,7 +410,7 @@ def test_recording_results_twice_keeps_one_row_per_result(ledger: Ledger) -> Non
     assert ledger.pending_deliveries(STUDY) == [str(PACS)]
 
 
-# --- several processes on one file ---------------------------------------------------------------
+# --- several processes on one file ------------------------------------------------------------
 
 
 def test_two_ledgers_on_one_file_see_each_others_writes(url: str, ledger: Ledger) -> None:
@@ -464,3 +449,21 @@ def test_list_studies_most_recent_first(ledger: Ledger, clock: FakeClock) -> Non
     ledger.mark_queued("1.1")
     assert [row.study_key for row in ledger.list_studies()] == ["1.1", "1.2"]
     assert [row.study_key for row in ledger.list_studies(limit=1)] == ["1.1"]
+
+
+def test_concurrent_duplicate_instance_is_reported_as_known(url: str, ledger: Ledger) -> None:
+    other = Ledger(url)
+    raced: list[bool] = []
+
+    def other_store_first(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("INSERT INTO INSTANCES") and not raced:
+            raced.append(record(other))  # lands between our SELECT and our INSERT
+
+    sa.event.listen(ledger._engine, "before_cursor_execute", other_store_first)
+    try:
+        assert record(ledger) is False
+        assert raced == [True]
+        assert len(ledger.instances_of(STUDY)) == 1
+    finally:
+        sa.event.remove(ledger._engine, "before_cursor_execute", other_store_first)
+        other.close()

@@ -156,11 +156,6 @@ def test_bad_ae_title_in_yaml_file_names_the_key(tmp_path: Path) -> None:
         load_settings(config)
 
 
-@pytest.mark.xfail(
-    reason="BUG: a YAML syntax error escapes load_settings as yaml.YAMLError (not a ValueError), "
-    "so the CLI shows a traceback instead of a ConfigurationError",
-    strict=True,
-)
 def test_malformed_yaml_is_a_configuration_error(tmp_path: Path) -> None:
     config = _yaml(tmp_path, "port: [2000\n")
     with pytest.raises(ConfigurationError):
@@ -226,11 +221,6 @@ def test_destinations_from_json_environment(monkeypatch: pytest.MonkeyPatch) -> 
     assert [str(d) for d in load_settings().destinations] == ["PACS@pacs.local:104"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: pydantic-settings JSON-decodes complex fields from the environment before the "
-    "'before' validator runs, so CXR_NODE_DESTINATIONS='A@h:1,B@h:2' fails to parse",
-    strict=True,
-)
 def test_destinations_from_comma_separated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_NODE_DESTINATIONS", "PACS@pacs.local:104,VIEW@10.0.0.9:11112")
     settings = load_settings()
@@ -271,7 +261,7 @@ def test_empty_broker_url_means_embedded_queue(monkeypatch: pytest.MonkeyPatch) 
     assert settings.embedded_queue is True
 
 
-# --- derived paths follow data_dir --------------------------------------------------------------
+# --- derived paths follow data_dir ------------------------------------------------------------
 
 
 def test_derived_paths_follow_data_dir(tmp_path: Path) -> None:

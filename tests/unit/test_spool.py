@@ -85,7 +85,7 @@ def test_safe_key_of_65_digit_uid_is_not_truncated_into_a_valid_one() -> None:
     assert safe_key(long_uid) != safe_key(long_uid[:64])
 
 
-# --- paths and resolve() ------------------------------------------------------------------------
+# --- paths and resolve() ----------------------------------------------------------------------
 
 
 def test_instance_and_result_paths_use_safe_keys(spool: Spool) -> None:
@@ -128,7 +128,7 @@ def test_resolve_accepts_dot_segments_that_stay_inside(spool: Spool) -> None:
     assert spool.resolve("1.2.3/../1.2.3/x.dcm") == spool.root / "1.2.3" / "x.dcm"
 
 
-# --- write_atomically ---------------------------------------------------------------------------
+# --- write_atomically -------------------------------------------------------------------------
 
 
 def test_write_atomically_writes_all_chunks_and_leaves_no_temp_files(spool: Spool) -> None:
@@ -179,7 +179,7 @@ def test_free_bytes_is_positive(spool: Spool) -> None:
     assert spool.free_bytes() > 0
 
 
-# --- log_ref ------------------------------------------------------------------------------------
+# --- log_ref ----------------------------------------------------------------------------------
 
 
 def test_log_ref_is_stable_short_and_hides_the_uid() -> None:

@@ -1,0 +1,324 @@
+"""DICOM pixels to the displayed image (workers.pixels): LUTs, windows, inversion, geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import Dataset, FileMetaDataset
+from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
+
+from cxr_node.errors import RejectedInput
+from tests.unit._synthetic import corpus_file
+from workers.pixels import (
+    SquareBox,
+    displayed_image,
+    extract_square,
+    is_inverted,
+    normalise,
+    square_box,
+    to_grayscale,
+)
+
+MAX_12_BIT = 4095
+
+
+def make_image(
+    pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes: object
+) -> Dataset:
+    """A CR dataset holding ``pixels`` uncompressed (uint16 12-bit, uint8 RGB)."""
+    ds = Dataset()
+    ds.SOPClassUID = ComputedRadiographyImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality = "CR"
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    if pixels.ndim == 3:
+        ds.SamplesPerPixel = 3
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        pixels = pixels.astype(np.uint8)
+    else:
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        pixels = pixels.astype(np.uint16)
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta = meta
+    return ds
+
+
+def chest_like(rows: int = 96, columns: int = 80) -> np.ndarray:
+    """Two dark lungs in a brighter body, plus deterministic noise: many distinct values."""
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float64)
+    lungs = np.exp(-(((x - columns * 0.3) / (columns * 0.15)) ** 2 + ((y - rows / 2) / 25) ** 2))
+    lungs += np.exp(-(((x - columns * 0.7) / (columns * 0.15)) ** 2 + ((y - rows / 2) / 25) ** 2))
+    noise = np.random.default_rng(7).integers(0, 40, size=(rows, columns))
+    return np.clip(3000 - 2000 * lungs + noise, 0, MAX_12_BIT).astype(np.uint16)
+
+
+def ramp(rows: int = 64, columns: int = 100) -> np.ndarray:
+    """Every row is 0, 1, ..., columns - 1."""
+    return np.tile(np.arange(columns, dtype=np.uint16), (rows, 1))
+
+
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 linear VOI function, in [0, 1], then min-max normalised."""
+    unit = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    return (unit - unit.min()) / (unit.max() - unit.min())
+
+
+# --- the grayscale pipeline -------------------------------------------------------------------
+
+
+def test_output_is_float32_unit_range_in_source_geometry() -> None:
+    pixels = chest_like(96, 80)
+    pixels[3, 70] = MAX_12_BIT  # a marker, brighter than everything
+    image = displayed_image(make_image(pixels, WindowCenter=2048, WindowWidth=4096))
+    assert image.dtype == np.float32
+    assert image.shape == (96, 80)
+    assert image.min() == 0.0 and image.max() == 1.0
+    assert np.unravel_index(np.argmax(image), image.shape) == (3, 70)
+
+
+def test_modality_lut_is_applied_before_the_window() -> None:
+    stored = ramp()
+    ds = make_image(stored, RescaleSlope=2, RescaleIntercept=-100, WindowCenter=0, WindowWidth=100)
+    expected = linear_window(2.0 * stored - 100.0, center=0, width=100)
+    np.testing.assert_allclose(displayed_image(ds), expected, atol=1e-5)
+    # the window alone, on stored values, would be a different image
+    assert not np.allclose(expected, linear_window(stored.astype(float), center=0, width=100))
+
+
+def test_negative_rescale_slope_turns_the_image_round() -> None:
+    stored = chest_like()
+    plain = displayed_image(make_image(stored))
+    flipped = displayed_image(make_image(stored, RescaleSlope=-1, RescaleIntercept=MAX_12_BIT))
+    np.testing.assert_allclose(flipped, 1.0 - plain, atol=1e-5)
+
+
+def test_window_centre_and_width_are_applied() -> None:
+    stored = ramp()
+    image = displayed_image(make_image(stored, WindowCenter=50, WindowWidth=21))
+    np.testing.assert_allclose(image, linear_window(stored.astype(float), 50, 21), atol=1e-5)
+    assert image[0, 30] == 0.0 and image[0, 70] == 1.0  # outside the window: clipped
+
+
+def test_first_of_several_windows_is_used() -> None:
+    stored = ramp()
+    image = displayed_image(make_image(stored, WindowCenter=[20, 60], WindowWidth=[20, 40]))
+    first = linear_window(stored.astype(float), 20, 20)
+    second = linear_window(stored.astype(float), 60, 40)
+    np.testing.assert_allclose(image, first, atol=1e-5)
+    assert not np.allclose(image, second, atol=1e-2)
+
+
+def test_without_voi_the_extreme_percentiles_are_clipped() -> None:
+    stored = chest_like()
+    stored[0, 0] = 0  # one outlier pixel must not squash the contrast of the rest
+    stored[0, 1] = MAX_12_BIT
+    image = displayed_image(make_image(stored))
+    body = image[10:-10, 10:-10]
+    assert body.max() - body.min() > 0.8
+
+
+def test_monochrome1_with_inverted_values_looks_like_the_monochrome2_original() -> None:
+    """The key invariant: the same anatomy, stored either way round, is displayed identically."""
+    stored = chest_like()
+    original = displayed_image(make_image(stored, "MONOCHROME2"))
+    inverted = displayed_image(make_image(MAX_12_BIT - stored, "MONOCHROME1"))
+    np.testing.assert_allclose(inverted, original, atol=1e-5)
+    # and the lungs (low stored values in MONOCHROME2) are dark in both
+    assert original[48, 24] < original[5, 40]
+
+
+def test_monochrome1_with_inverse_presentation_lut_is_inverted_once() -> None:
+    stored = chest_like()
+    mono1 = displayed_image(make_image(stored, "MONOCHROME1"))
+    mono1_inverse = displayed_image(
+        make_image(stored, "MONOCHROME1", PresentationLUTShape="INVERSE")
+    )
+    mono2 = displayed_image(make_image(stored, "MONOCHROME2"))
+    np.testing.assert_allclose(mono1_inverse, mono1, atol=1e-6)
+    np.testing.assert_allclose(mono1_inverse, 1.0 - mono2, atol=1e-5)
+
+
+def test_monochrome2_with_inverse_presentation_lut_is_inverted() -> None:
+    stored = chest_like()
+    identity = displayed_image(make_image(stored, PresentationLUTShape="IDENTITY"))
+    inverse = displayed_image(make_image(stored, PresentationLUTShape="INVERSE"))
+    np.testing.assert_allclose(inverse, 1.0 - identity, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("photometric", "shape", "inverted"),
+    [
+        ("MONOCHROME1", None, True),
+        ("MONOCHROME1", "INVERSE", True),
+        ("MONOCHROME1", "IDENTITY", True),
+        ("MONOCHROME2", None, False),
+        ("MONOCHROME2", "IDENTITY", False),
+        ("MONOCHROME2", "INVERSE", True),
+        ("RGB", "INVERSE", False),
+    ],
+)
+def test_is_inverted(photometric: str, shape: str | None, inverted: bool) -> None:
+    ds = Dataset()
+    ds.PhotometricInterpretation = photometric
+    if shape is not None:
+        ds.PresentationLUTShape = shape
+    assert is_inverted(ds) is inverted
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [{}, {"WindowCenter": 100, "WindowWidth": 50}])
+def test_constant_image_is_refused(window: dict[str, int]) -> None:
+    ds = make_image(np.full((64, 64), 1234, dtype=np.uint16), **window)
+    with pytest.raises(RejectedInput) as raised:
+        displayed_image(ds)
+    assert raised.value.reason_code == "CONSTANT_IMAGE"
+
+
+def test_normalise_refuses_non_finite_values() -> None:
+    with pytest.raises(RejectedInput, match="CONSTANT_IMAGE"):
+        normalise(np.array([[0.0, np.nan], [1.0, 2.0]]))
+
+
+def test_no_pixel_data_is_refused() -> None:
+    ds = make_image(chest_like())
+    del ds.PixelData
+    with pytest.raises(RejectedInput) as raised:
+        displayed_image(ds)
+    assert raised.value.reason_code == "NO_PIXEL_DATA"
+
+
+def test_truncated_pixel_data_is_undecodable() -> None:
+    ds = make_image(chest_like(64, 64))
+    ds.PixelData = ds.PixelData[:100]
+    with pytest.raises(RejectedInput) as raised:
+        displayed_image(ds)
+    assert raised.value.reason_code == "UNDECODABLE"
+
+
+def test_multi_frame_is_refused() -> None:
+    frames = np.stack([chest_like(64, 64)] * 2)
+    ds = make_image(frames[0])
+    ds.NumberOfFrames = 2
+    ds.PixelData = frames.astype(np.uint16).tobytes()
+    with pytest.raises(RejectedInput) as raised:
+        displayed_image(ds)
+    assert raised.value.reason_code == "MULTI_FRAME"
+
+
+# --- colour -----------------------------------------------------------------------------------
+
+
+def test_rgb_is_converted_to_luminance() -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, size=(64, 72, 3)).astype(np.uint8)
+    image = displayed_image(make_image(rgb, "RGB"))
+    luminance = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    expected = (luminance - luminance.min()) / (luminance.max() - luminance.min())
+    assert image.shape == (64, 72)
+    np.testing.assert_allclose(image, expected, atol=1e-5)
+    # not a plain mean of the channels
+    mean = rgb.mean(axis=2)
+    assert not np.allclose(image, (mean - mean.min()) / (mean.max() - mean.min()), atol=1e-3)
+
+
+def test_to_grayscale_weights() -> None:
+    pure = np.zeros((1, 3, 3), dtype=np.uint8)
+    pure[0, 0, 0] = pure[0, 1, 1] = pure[0, 2, 2] = 200
+    np.testing.assert_allclose(to_grayscale(pure, "RGB")[0], [59.8, 117.4, 22.8], rtol=1e-5)
+
+
+def test_to_grayscale_refuses_unknown_colour_models() -> None:
+    with pytest.raises(RejectedInput, match="PHOTOMETRIC"):
+        to_grayscale(np.zeros((4, 4, 3), dtype=np.uint8), "PALETTE COLOR")
+
+
+def test_to_grayscale_leaves_grayscale_alone() -> None:
+    gray = chest_like(8, 8)
+    assert to_grayscale(gray, "MONOCHROME2") is gray
+
+
+# --- the square the model reads ---------------------------------------------------------------
+
+
+def test_square_box_on_a_tall_image() -> None:
+    assert square_box(100, 60, "crop") == SquareBox(x0=0, y0=20, side=60)
+    assert square_box(100, 60, "pad") == SquareBox(x0=-20, y0=0, side=100)
+
+
+def test_square_box_on_a_wide_image() -> None:
+    assert square_box(60, 101, "crop") == SquareBox(x0=20, y0=0, side=60)
+    # 41 rows of padding for an odd difference: floor division puts 21 above, 20 below
+    assert square_box(60, 101, "pad") == SquareBox(x0=0, y0=-21, side=101)
+
+
+def test_square_box_on_a_square_image_is_the_image() -> None:
+    assert square_box(64, 64, "crop") == square_box(64, 64, "pad") == SquareBox(0, 0, 64)
+
+
+def test_extract_square_pads_with_zeros_and_keeps_orientation() -> None:
+    image = np.full((100, 60), 0.5, dtype=np.float32)
+    image[10, 5] = 1.0  # top left marker
+    out = extract_square(image, square_box(100, 60, "pad"))
+    assert out.shape == (100, 100)
+    assert out.dtype == np.float32
+    assert out[10, 25] == 1.0  # shifted right by the 20-column left pad only
+    assert np.all(out[:, :20] == 0.0) and np.all(out[:, 80:] == 0.0)
+    assert np.all(out[:, 20:80][out[:, 20:80] != 1.0] == 0.5)
+
+
+def test_extract_square_pads_top_and_bottom_of_a_wide_image() -> None:
+    image = np.ones((60, 100), dtype=np.float32)
+    image[59, 99] = 2.0  # bottom right marker
+    out = extract_square(image, square_box(60, 100, "pad"))
+    assert out.shape == (100, 100)
+    assert out[79, 99] == 2.0
+    assert np.all(out[:20] == 0.0) and np.all(out[80:] == 0.0)
+
+
+def test_extract_square_crops_the_centre() -> None:
+    image = np.arange(60 * 100, dtype=np.float32).reshape(60, 100)
+    out = extract_square(image, square_box(60, 100, "crop"))
+    assert out.shape == (60, 60)
+    np.testing.assert_array_equal(out, image[:, 20:80])
+
+
+# --- the real corpus --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "relative", ["dwv/gdcm-CR-MONO1-10-chest.dcm", "pylibjpeg-data/RG1_J2KI.dcm"]
+)
+def test_corpus_monochrome1_chests_are_displayed(relative: str) -> None:
+    ds = pydicom.dcmread(corpus_file(relative))
+    assert ds.PhotometricInterpretation == "MONOCHROME1"
+    image = displayed_image(ds)
+    assert image.dtype == np.float32
+    assert image.shape == (ds.Rows, ds.Columns)
+    assert float(image.min()) >= 0.0 and float(image.max()) <= 1.0
+    assert float(image.max()) - float(image.min()) > 0.5
+    # MONOCHROME1: high stored values are dark, so the display runs against the stored values
+    stored = ds.pixel_array.astype(np.float64).ravel()
+    assert np.corrcoef(stored, image.astype(np.float64).ravel())[0, 1] < -0.5
+
+
+def test_corpus_malformed_jpeg2000_is_undecodable() -> None:
+    ds = pydicom.dcmread(corpus_file("pylibjpeg-data/966.dcm"))
+    with pytest.raises(RejectedInput) as raised:
+        displayed_image(ds)
+    assert raised.value.reason_code == "UNDECODABLE"
