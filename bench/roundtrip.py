@@ -70,6 +70,13 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
 def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as stream:
         return subprocess.Popen(arguments, cwd=REPO, env=env, stdout=stream, stderr=stream)
@@ -134,6 +141,8 @@ def latency(work: Path, copies: list[Path], quiet: float, env: dict[str, str]) -
                     raise TimeoutError(f"study {index} not back in 120 s; see {work}/serve.log")
                 time.sleep(0.01)
             times.append(time.monotonic() - began)
+        for worker in children(node.pid):
+            print(f"  embedded worker RSS after {len(copies)} studies: {rss_mb(worker):.0f} MB")
         return times[1:]  # the first study warms the worker's models
     finally:
         node.terminate()

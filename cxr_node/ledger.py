@@ -202,41 +202,64 @@ class Ledger:
     ) -> bool:
         """Record a spooled instance; return False when the instance was already known."""
         now = time.time()
-        try:
-            return self._record_instance(
-                now,
-                study_key,
-                study_uid,
-                sop_instance_uid,
-                sop_class_uid,
-                path,
-                size,
-                eligible,
-                reason_code,
-                reason,
-                calling_ae,
-                destinations,
-            )
-        except sa.exc.IntegrityError:
-            # Another association stored the same instance (or study) between our check and
-            # our insert: the instance is known, or the study row now exists; go round again.
+
+        def attempt() -> bool:
             with self._begin() as db:
                 if self._instance_known(db, study_key, sop_instance_uid):
                     return False
-            return self._record_instance(
-                now,
-                study_key,
-                study_uid,
-                sop_instance_uid,
-                sop_class_uid,
-                path,
-                size,
-                eligible,
-                reason_code,
-                reason,
-                calling_ae,
-                destinations,
-            )
+                db.execute(
+                    instances.insert().values(
+                        study_key=study_key,
+                        sop_instance_uid=sop_instance_uid,
+                        sop_class_uid=sop_class_uid,
+                        path=path,
+                        size=size,
+                        eligible=eligible,
+                        reason_code=reason_code,
+                        reason=reason,
+                        received_at=now,
+                    )
+                )
+                study = db.execute(
+                    sa.select(studies.c.state).where(studies.c.study_key == study_key)
+                ).first()
+                payload = json.dumps([d.model_dump() for d in destinations])
+                if study is None:
+                    db.execute(
+                        studies.insert().values(
+                            study_key=study_key,
+                            study_uid=study_uid,
+                            state=StudyState.RECEIVED,
+                            calling_ae=calling_ae,
+                            destinations=payload,
+                            created_at=now,
+                            updated_at=now,
+                            last_received_at=now,
+                            attempts=0,
+                        )
+                    )
+                else:
+                    # A new image in a known study: assemble it again once the study is quiet.
+                    values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
+                    if study.state in {
+                        StudyState.DELIVERED,
+                        StudyState.NOT_ELIGIBLE,
+                        StudyState.FAILED,
+                        StudyState.ANALYSED,
+                    }:
+                        values.update(state=StudyState.RECEIVED, reason_code=None, reason=None)
+                    db.execute(
+                        studies.update().where(studies.c.study_key == study_key).values(**values)
+                    )
+                self._event(db, study_key, StudyState.RECEIVED, f"instance {reason_code or 'ok'}")
+            return True
+
+        try:
+            return attempt()
+        except sa.exc.IntegrityError:
+            # Another association stored the same instance (or study) between our check and our
+            # insert; the second attempt sees its row.
+            return attempt()
 
     @staticmethod
     def _instance_known(db: Connection, study_key: str, sop_instance_uid: str) -> bool:
@@ -249,71 +272,6 @@ class Ledger:
             ).first()
             is not None
         )
-
-    def _record_instance(
-        self,
-        now: float,
-        study_key: str,
-        study_uid: str,
-        sop_instance_uid: str,
-        sop_class_uid: str,
-        path: str,
-        size: int,
-        eligible: bool,
-        reason_code: str | None,
-        reason: str | None,
-        calling_ae: str,
-        destinations: list[Destination],
-    ) -> bool:
-        with self._begin() as db:
-            if self._instance_known(db, study_key, sop_instance_uid):
-                return False
-            db.execute(
-                instances.insert().values(
-                    study_key=study_key,
-                    sop_instance_uid=sop_instance_uid,
-                    sop_class_uid=sop_class_uid,
-                    path=path,
-                    size=size,
-                    eligible=eligible,
-                    reason_code=reason_code,
-                    reason=reason,
-                    received_at=now,
-                )
-            )
-            study = db.execute(
-                sa.select(studies.c.state).where(studies.c.study_key == study_key)
-            ).first()
-            payload = json.dumps([d.model_dump() for d in destinations])
-            if study is None:
-                db.execute(
-                    studies.insert().values(
-                        study_key=study_key,
-                        study_uid=study_uid,
-                        state=StudyState.RECEIVED,
-                        calling_ae=calling_ae,
-                        destinations=payload,
-                        created_at=now,
-                        updated_at=now,
-                        last_received_at=now,
-                        attempts=0,
-                    )
-                )
-            else:
-                # A new image in a known study: assemble it again once the study is quiet.
-                values: dict[str, Any] = {"last_received_at": now, "updated_at": now}
-                if study.state in {
-                    StudyState.DELIVERED,
-                    StudyState.NOT_ELIGIBLE,
-                    StudyState.FAILED,
-                    StudyState.ANALYSED,
-                }:
-                    values.update(state=StudyState.RECEIVED, reason_code=None, reason=None)
-                db.execute(
-                    studies.update().where(studies.c.study_key == study_key).values(**values)
-                )
-            self._event(db, study_key, StudyState.RECEIVED, f"instance {reason_code or 'ok'}")
-        return True
 
     # --- assembly and recovery ----------------------------------------------------------------
 

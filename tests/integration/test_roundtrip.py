@@ -51,9 +51,28 @@ def nodes() -> Iterator[list[NodeProcess]]:
             print(node.log())
 
 
+CANARIES = {
+    "PatientName": "Canaryname^Patricia",
+    "PatientID": "CANARY-ID-0042",
+    "PatientBirthDate": "19010203",
+    "AccessionNumber": "ACC-CANARY-77",
+}
+
+
+def _with_canaries(source: Path, folder: Path) -> Path:
+    """A copy of the image with made-up, searchable patient data (synthetic values)."""
+    dataset = pydicom.dcmread(source)
+    for keyword, value in CANARIES.items():
+        setattr(dataset, keyword, value)
+    path = folder / "canary.dcm"
+    dataset.save_as(path)
+    return path
+
+
 def test_embedded_queue_round_trip(
     tmp_path: Path, models_dir: Path, storescp: StoreSCP, chest: Path, nodes: list[NodeProcess]
 ) -> None:
+    chest = _with_canaries(chest, tmp_path)
     node = NodeProcess(
         tmp_path / "node", models_dir, "--destination", storescp.address, "--quiet-seconds", "0.5"
     ).start()
@@ -63,6 +82,10 @@ def test_embedded_queue_round_trip(
     assert wait_until(lambda: len(storescp.files()) >= 2, timeout=120), node.log()
     _assert_results(storescp, chest)
     assert wait_until(lambda: node.studies()[0]["state"] == "delivered", timeout=10)
+    log = node.log()  # serve and its embedded worker write here
+    assert "delivered 2 objects" in log
+    for value in CANARIES.values():
+        assert value not in log and value.split("^")[0] not in log
 
 
 def test_redis_broker_with_separate_worker(
