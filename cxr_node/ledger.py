@@ -404,7 +404,8 @@ class Ledger:
                         updated_at=now,
                     )
                 )
-            state = StudyState.ANALYSED if destinations else StudyState.DELIVERED
+            # Without destinations the study rests in ANALYSED: results exist, nothing was sent.
+            state = StudyState.ANALYSED
             if self._arrived_since_claim(db, study_key):
                 state = StudyState.RECEIVED  # assemble again: a new image came in meanwhile
             db.execute(
@@ -412,7 +413,8 @@ class Ledger:
                 .where(studies.c.study_key == study_key)
                 .values(state=state, lease_until=None, updated_at=now, reason_code=None)
             )
-            self._event(db, study_key, state, f"{len(produced)} result objects")
+            detail = f"{len(produced)} result objects, {len(destinations)} destination(s)"
+            self._event(db, study_key, state, detail)
 
     @staticmethod
     def _arrived_since_claim(db: Connection, study_key: str) -> bool:

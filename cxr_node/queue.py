@@ -28,7 +28,7 @@ def make_celery(settings: Settings) -> Celery:
         folder = settings.queue_dir.resolve()
         (folder / "messages").mkdir(parents=True, exist_ok=True)
         (folder / "control").mkdir(parents=True, exist_ok=True)
-        broker = "filesystem://"
+        broker = "filesystem://localhost//"
         transport_options = {
             "data_folder_in": str(folder / "messages"),
             "data_folder_out": str(folder / "messages"),

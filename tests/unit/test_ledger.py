@@ -394,10 +394,11 @@ def test_pending_delivery_attempts_are_counted(ledger: Ledger) -> None:
     )
 
 
-def test_study_without_destinations_goes_straight_to_delivered(ledger: Ledger) -> None:
+def test_study_without_destinations_rests_in_analysed(ledger: Ledger) -> None:
     record(ledger, destinations=[])
     analysed(ledger, [])
-    assert state(ledger) is StudyState.DELIVERED
+    assert state(ledger) is StudyState.ANALYSED
+    assert ledger.undelivered_studies(0.0) == []
     assert ledger.pending_deliveries(STUDY) == []
     assert ledger.deliveries_of(STUDY) == {}
 
