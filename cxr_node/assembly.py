@@ -12,7 +12,8 @@ import threading
 import time
 
 from cxr_node.jobs import InferenceJob
-from cxr_node.ledger import Ledger
+from cxr_node.ledger import Ledger, StudyState
+from cxr_node.logs import describe_exception
 from cxr_node.queue import JobQueue
 from cxr_node.spool import log_ref
 
@@ -26,8 +27,11 @@ RECOVERY_INTERVAL_SECONDS = 30.0
 class StudyAssembler:
     """Runs in the serve process: quiet studies to jobs, lost jobs back to the queue."""
 
-    def __init__(self, ledger: Ledger, queue: JobQueue, quiet_seconds: float) -> None:
+    def __init__(
+        self, ledger: Ledger, queue: JobQueue, quiet_seconds: float, owns_all_workers: bool
+    ) -> None:
         self._ledger = ledger
+        self._owns_all_workers = owns_all_workers
         self._queue = queue
         self._quiet_seconds = quiet_seconds
         self._last_recovery = 0.0
@@ -40,18 +44,23 @@ class StudyAssembler:
         return len(ready)
 
     def recover(self, *, at_start: bool) -> None:
-        """Re-send jobs that may be lost: at start every unfinished one, later only stale ones."""
+        """Re-send jobs that may be lost: at start every unfinished one, later only stale ones.
+
+        Studies being analysed are re-sent at start only when this process owns every worker
+        (the embedded queue: its worker died with it); otherwise only when their lease expired.
+        """
         for study in self._ledger.stale_studies(
             queued_older_than=0.0 if at_start else RESEND_QUEUED_AFTER_SECONDS,
-            all_analysing=at_start,
+            all_analysing=at_start and self._owns_all_workers,
         ):
+            if not self._ledger.mark_queued(study.study_key, expect=study.state):
+                continue  # a worker finished or took it meanwhile
             log.info("re-sending study %s (was %s)", log_ref(study.study_key), study.state)
-            self._ledger.mark_queued(study.study_key)
             self._queue.submit_analysis(self._job(study.study_key))
         for study_key in self._ledger.undelivered_studies(
             0.0 if at_start else RESEND_DELIVERY_AFTER_SECONDS
         ):
-            self._ledger.touch(study_key)
+            self._ledger.touch_deliveries(study_key)
             self._queue.submit_delivery(study_key)
         self._last_recovery = time.monotonic()
 
@@ -63,8 +72,9 @@ class StudyAssembler:
                 if time.monotonic() - self._last_recovery > RECOVERY_INTERVAL_SECONDS:
                     self.recover(at_start=False)
             except Exception as exc:
-                log.error("study assembly failed this round (%s); retrying", type(exc).__name__)
-                log.debug("assembly failure", exc_info=True)
+                log.error(
+                    "study assembly failed this round (%s); retrying", describe_exception(exc)
+                )
                 stop.wait(1.0)
             stop.wait(tick_seconds)
 
@@ -78,7 +88,8 @@ class StudyAssembler:
             self._ledger.mark_not_eligible(study_key, ",".join(reasons), "; ".join(texts))
             log.info("study %s not analysed: %s", log_ref(study_key), ",".join(reasons))
             return
-        self._ledger.mark_queued(study_key)
+        if not self._ledger.mark_queued(study_key, expect=StudyState.RECEIVED):
+            return
         self._queue.submit_analysis(job)
         log.info("study %s queued with %d image(s)", log_ref(study_key), len(job.instance_paths))
 

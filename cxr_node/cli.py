@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run an analysis worker (the GPU side)")
     _common(worker)
     worker.add_argument("--broker", dest="broker_url")
+    worker.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
 
     analyze = commands.add_parser("analyze", help="analyse files offline, no network")
     _common(analyze)
@@ -120,6 +121,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         serve(settings)
         return 0
     if args.command == "worker":
+        if args.exit_with_parent:
+            from cxr_node.embedded import exit_with_parent
+
+            exit_with_parent(args.exit_with_parent)
         from workers.worker import run_worker  # imports torch: worker side only
 
         return run_worker(settings)

@@ -25,12 +25,19 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+def exit_with_parent(parent_pid: int) -> None:
+    """Called in the worker itself: die when ``parent_pid`` dies (Linux PR_SET_PDEATHSIG).
+
+    Set in the child rather than with ``preexec_fn`` (unsafe in a parent that has threads);
+    if the parent is already gone by then, exit at once.
+    """
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
-        pass
+        log.warning("cannot tie the worker to its parent on this system")
+    if os.getppid() != parent_pid:
+        raise SystemExit("cxr-node: the serve process that started this worker is gone")
 
 
 def write_effective_settings(settings: Settings, folder: Path) -> Path:
@@ -76,21 +83,22 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "cxr_node", "worker", "--config", str(self._config)]
-        return subprocess.Popen(command, preexec_fn=_die_with_parent)
+        return subprocess.Popen([*command, "--exit-with-parent", str(os.getpid())])
 
     def _supervise(self) -> None:
         backoff = 1.0
         while not self._stop.is_set():
-            self._process = self._spawn()
-            log.info("embedded worker started (pid %d)", self._process.pid)
-            while self._process.poll() is None and not self._stop.wait(0.5):
-                pass
-            if self._stop.is_set():
-                return
-            log.error(
-                "embedded worker exited with %s; restarting in %.0f s",
-                self._process.returncode,
-                backoff,
-            )
+            try:
+                self._process = self._spawn()
+            except OSError as exc:
+                log.error("cannot start the embedded worker (%s)", type(exc).__name__)
+            else:
+                log.info("embedded worker started (pid %d)", self._process.pid)
+                while self._process.poll() is None and not self._stop.wait(0.5):
+                    pass
+                if self._stop.is_set():
+                    return
+                log.error("embedded worker exited with %s", self._process.returncode)
+            log.info("restarting the embedded worker in %.0f s", backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)

@@ -286,13 +286,19 @@ class Ledger:
             )
             return [row.study_key for row in rows]
 
-    def mark_queued(self, study_key: str) -> None:
-        """The study's job has been handed to the queue."""
-        self._set_state(study_key, StudyState.QUEUED, expect=None)
+    def mark_queued(self, study_key: str, expect: StudyState | None = None) -> bool:
+        """The study's job is about to be handed to the queue; with ``expect``, only from there."""
+        return self._set_state(study_key, StudyState.QUEUED, expect=expect)
 
     def mark_not_eligible(self, study_key: str, reason_code: str, reason: str) -> None:
         """No image of the study can be analysed; say why."""
-        self._set_state(study_key, StudyState.NOT_ELIGIBLE, reason_code=reason_code, reason=reason)
+        self._set_state(
+            study_key,
+            StudyState.NOT_ELIGIBLE,
+            reason_code=reason_code,
+            reason=reason,
+            expect=StudyState.RECEIVED,
+        )
 
     def stale_studies(self, *, queued_older_than: float, all_analysing: bool) -> list[StudyRow]:
         """Studies whose job may have been lost: old QUEUED, expired (or all) ANALYSING leases."""
@@ -326,33 +332,39 @@ class Ledger:
             )
             return [row[0] for row in rows]
 
-    def touch(self, study_key: str) -> None:
-        """Note that a study's job was re-sent, so recovery does not resend it at once again."""
+    def touch_deliveries(self, study_key: str) -> None:
+        """Note that a study's delivery was re-sent, so recovery does not resend it again soon."""
         with self._begin() as db:
             db.execute(
-                studies.update()
-                .where(studies.c.study_key == study_key)
+                deliveries.update()
+                .where(
+                    deliveries.c.study_key == study_key,
+                    deliveries.c.state == DeliveryState.PENDING,
+                )
                 .values(updated_at=time.time())
             )
 
     # --- analysis -----------------------------------------------------------------------------
 
-    def claim(self, study_key: str, lease_seconds: float) -> bool:
-        """Atomically take a QUEUED (or lease-expired ANALYSING) study for analysis."""
+    def claim(self, study_key: str, lease_seconds: float, max_attempts: int = 3) -> int | None:
+        """Atomically take a QUEUED (or lease-expired ANALYSING) study for analysis.
+
+        Returns the claim's token (the attempt number), which later writes must present, or
+        None when the study is not free. A study whose analysis has been tried ``max_attempts``
+        times (each one lost to a crash, say) fails with TOO_MANY_ATTEMPTS instead of looping.
+        """
         now = time.time()
+        claimable = sa.and_(
+            studies.c.study_key == study_key,
+            sa.or_(
+                studies.c.state == StudyState.QUEUED,
+                sa.and_(studies.c.state == StudyState.ANALYSING, studies.c.lease_until < now),
+            ),
+        )
         with self._begin() as db:
             claimed = db.execute(
                 studies.update()
-                .where(
-                    studies.c.study_key == study_key,
-                    sa.or_(
-                        studies.c.state == StudyState.QUEUED,
-                        sa.and_(
-                            studies.c.state == StudyState.ANALYSING,
-                            studies.c.lease_until < now,
-                        ),
-                    ),
-                )
+                .where(claimable, studies.c.attempts < max_attempts)
                 .values(
                     state=StudyState.ANALYSING,
                     lease_until=now + lease_seconds,
@@ -363,14 +375,81 @@ class Ledger:
             ).rowcount
             if claimed:
                 self._event(db, study_key, StudyState.ANALYSING, None)
-        return bool(claimed)
+                token = db.execute(
+                    sa.select(studies.c.attempts).where(studies.c.study_key == study_key)
+                ).scalar_one()
+                return int(token)
+            exhausted = db.execute(
+                studies.update()
+                .where(claimable)
+                .values(
+                    state=StudyState.FAILED,
+                    reason_code="TOO_MANY_ATTEMPTS",
+                    reason=f"analysis did not complete in {max_attempts} attempts",
+                    lease_until=None,
+                    updated_at=now,
+                )
+            ).rowcount
+            if exhausted:
+                self._event(db, study_key, StudyState.FAILED, "TOO_MANY_ATTEMPTS")
+        return None
+
+    def _finish_claim(
+        self,
+        db: Connection,
+        study_key: str,
+        token: int | None,
+        state: StudyState,
+        reason_code: str | None = None,
+        reason: str | None = None,
+    ) -> StudyState | None:
+        """End an analysis the caller owns; a study that got an image meanwhile is reassembled.
+
+        Returns the state written, or None when the claim is no longer the caller's (its lease
+        expired and another worker took the study): then nothing is written.
+        """
+        owner = studies.c.study_key == study_key
+        if token is not None:
+            owner = sa.and_(
+                owner, studies.c.state == StudyState.ANALYSING, studies.c.attempts == token
+            )
+        row = db.execute(
+            sa.select(studies.c.last_received_at, studies.c.claimed_at).where(owner)
+        ).first()
+        if row is None:
+            return None
+        if row.claimed_at is not None and row.last_received_at > row.claimed_at:
+            state = StudyState.RECEIVED  # an image arrived during the analysis: assemble again
+        db.execute(
+            studies.update()
+            .where(owner)
+            .values(
+                state=state,
+                reason_code=reason_code,
+                reason=reason,
+                lease_until=None,
+                updated_at=time.time(),
+            )
+        )
+        self._event(db, study_key, state, reason_code)
+        return state
 
     def record_results(
-        self, study_key: str, produced: list[ResultRow], destinations: list[Destination]
-    ) -> None:
-        """Results are on disk: store them, open a delivery per destination, state ANALYSED."""
+        self,
+        study_key: str,
+        produced: list[ResultRow],
+        destinations: list[Destination],
+        token: int | None = None,
+    ) -> bool:
+        """Results are on disk: store them, open a delivery per destination, state ANALYSED.
+
+        Without destinations the study rests in ANALYSED. Returns False (and writes nothing)
+        when ``token`` no longer owns the study.
+        """
         now = time.time()
         with self._begin() as db:
+            if self._finish_claim(db, study_key, token, StudyState.ANALYSED) is None:
+                return False
             for row in produced:
                 db.execute(
                     results.delete().where(
@@ -404,38 +483,37 @@ class Ledger:
                         updated_at=now,
                     )
                 )
-            # Without destinations the study rests in ANALYSED: results exist, nothing was sent.
-            state = StudyState.ANALYSED
-            if self._arrived_since_claim(db, study_key):
-                state = StudyState.RECEIVED  # assemble again: a new image came in meanwhile
-            db.execute(
-                studies.update()
-                .where(studies.c.study_key == study_key)
-                .values(state=state, lease_until=None, updated_at=now, reason_code=None)
-            )
-            detail = f"{len(produced)} result objects, {len(destinations)} destination(s)"
-            self._event(db, study_key, state, detail)
+        return True
 
-    @staticmethod
-    def _arrived_since_claim(db: Connection, study_key: str) -> bool:
-        row = db.execute(
-            sa.select(studies.c.last_received_at, studies.c.claimed_at).where(
-                studies.c.study_key == study_key
-            )
-        ).first()
-        return bool(row and row.claimed_at is not None and row.last_received_at > row.claimed_at)
-
-    def mark_failed(self, study_key: str, reason_code: str, reason: str) -> None:
+    def mark_failed(
+        self, study_key: str, reason_code: str, reason: str, token: int | None = None
+    ) -> bool:
         """The study cannot be analysed; record why (a permanent failure, not retried).
 
         When a new image arrived during the analysis, the study is assembled again instead.
+        Returns False when ``token`` no longer owns the study.
         """
         with self._begin() as db:
-            again = self._arrived_since_claim(db, study_key)
-        if again:
-            self._set_state(study_key, StudyState.RECEIVED, reason_code=reason_code, reason=reason)
-        else:
-            self._set_state(study_key, StudyState.FAILED, reason_code=reason_code, reason=reason)
+            written = self._finish_claim(
+                db, study_key, token, StudyState.FAILED, reason_code, reason
+            )
+        return written is not None
+
+    def release(self, study_key: str, token: int) -> bool:
+        """Give a claimed study back to the queue after a transient failure."""
+        with self._begin() as db:
+            released = db.execute(
+                studies.update()
+                .where(
+                    studies.c.study_key == study_key,
+                    studies.c.state == StudyState.ANALYSING,
+                    studies.c.attempts == token,
+                )
+                .values(state=StudyState.QUEUED, lease_until=None, updated_at=time.time())
+            ).rowcount
+            if released:
+                self._event(db, study_key, StudyState.QUEUED, "released after a transient error")
+        return bool(released)
 
     # --- delivery -----------------------------------------------------------------------------
 
@@ -562,12 +640,12 @@ class Ledger:
         reason_code: str | None = None,
         reason: str | None = None,
         expect: StudyState | None = None,
-    ) -> None:
+    ) -> bool:
         with self._begin() as db:
             query = studies.update().where(studies.c.study_key == study_key)
             if expect is not None:
                 query = query.where(studies.c.state == expect)
-            db.execute(
+            changed = db.execute(
                 query.values(
                     state=state,
                     reason_code=reason_code,
@@ -575,8 +653,10 @@ class Ledger:
                     lease_until=None,
                     updated_at=time.time(),
                 )
-            )
-            self._event(db, study_key, state, reason_code)
+            ).rowcount
+            if changed:
+                self._event(db, study_key, state, reason_code)
+        return bool(changed)
 
     @staticmethod
     def _event(db: Connection, study_key: str, state: StudyState, detail: str | None) -> None:

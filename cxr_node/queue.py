@@ -65,9 +65,14 @@ class JobQueue:
     def __init__(self, settings: Settings) -> None:
         self.app = make_celery(settings)
 
-    def submit_analysis(self, job: InferenceJob) -> None:
-        """Hand one study to the analysis workers."""
-        self.app.send_task(ANALYZE_TASK, args=[job.model_dump(mode="json")], queue=ANALYSIS_QUEUE)
+    def submit_analysis(self, job: InferenceJob, countdown: float = 0.0) -> None:
+        """Hand one study to the analysis workers (after ``countdown`` seconds)."""
+        self.app.send_task(
+            ANALYZE_TASK,
+            args=[job.model_dump(mode="json")],
+            queue=ANALYSIS_QUEUE,
+            countdown=countdown or None,
+        )
 
     def submit_delivery(self, study_key: str, countdown: float = 0.0) -> None:
         """Ask a worker to (re)send a study's results to its pending destinations."""

@@ -35,7 +35,9 @@ def serve(settings: Settings) -> None:
     supervisor = WorkerSupervisor(settings) if settings.embedded_queue else None
     if supervisor is not None:
         supervisor.start()
-    assembler = StudyAssembler(ledger, queue, settings.study_quiet_seconds)
+    assembler = StudyAssembler(
+        ledger, queue, settings.study_quiet_seconds, owns_all_workers=settings.embedded_queue
+    )
     assembler.recover(at_start=True)
 
     handler = StoreHandler(spool, ledger, route, min_free_bytes=MIN_FREE_SPOOL_BYTES)

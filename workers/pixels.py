@@ -69,9 +69,17 @@ def percentile_window(values: np.ndarray, low: float = 0.5, high: float = 99.5) 
     return np.clip(values, lo, hi)
 
 
+SUPPORTED_PHOTOMETRIC = frozenset(
+    {"MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT"}
+)
+
+
 def displayed_image(dataset: Dataset) -> np.ndarray:
     """The image as a reader sees it: float32 [0, 1], bright = dense, source geometry."""
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric not in SUPPORTED_PHOTOMETRIC:
+        # PALETTE COLOR indices, for instance, are not intensities.
+        raise RejectedInput("PHOTOMETRIC", f"unsupported photometric interpretation {photometric}")
     pixels = to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")

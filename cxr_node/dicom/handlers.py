@@ -19,6 +19,7 @@ from cxr_node import intake
 from cxr_node.dicom import status
 from cxr_node.jobs import Destination
 from cxr_node.ledger import Ledger
+from cxr_node.logs import describe_exception
 from cxr_node.spool import Spool, log_ref, safe_key
 
 log = logging.getLogger(__name__)
@@ -59,8 +60,7 @@ class StoreHandler:
             )
             return status.OUT_OF_RESOURCES
         except Exception as exc:  # a handler must answer, whatever went wrong
-            log.error("unexpected %s while storing from %s", type(exc).__name__, calling_ae)
-            log.debug("store failure details", exc_info=True)
+            log.error("unexpected %s while storing from %s", describe_exception(exc), calling_ae)
             return status.PROCESSING_FAILURE
 
     def _store(self, event: Any, calling_ae: str) -> int:

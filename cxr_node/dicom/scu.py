@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from cxr_node.dicom import status
@@ -54,6 +54,11 @@ def send_files(
             raise TransientError(f"association rejected transiently: {reason}")
         raise TransientError("no association (connection refused, aborted or timed out)")
     try:
+        accepted = {str(context.abstract_syntax) for context in assoc.accepted_contexts}
+        refused = sorted({str(ds.SOPClassUID) for ds in datasets} - accepted)
+        if refused:
+            names = ", ".join(UID(uid).name for uid in refused)
+            raise DeliveryRejected(f"destination does not accept {names}")
         for dataset in datasets:
             answer = assoc.send_c_store(dataset)
             code = int(answer.Status) if "Status" in answer else None

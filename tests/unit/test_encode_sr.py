@@ -7,6 +7,8 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
+import pydicom.config
+import pydicom.datadict
 import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -250,3 +252,20 @@ def test_real_cr_chest_validates(tmp_path: Path) -> None:
     errors, warnings = dciodvfy(path)
     assert errors == [], "\n".join(errors + warnings)
     assert hd.sr.srread(path).StudyInstanceUID == source.StudyInstanceUID
+
+
+def test_sloppy_dates_and_times_do_not_stop_the_report(tmp_path: Path) -> None:
+    """Real headers carry '1970-01-31' or '10:11:12'; the SR empties them and stays valid."""
+    source = make_dx_chest()
+    for keyword, vr, value in (  # as a sloppy modality wrote them
+        ("PatientBirthDate", "DA", "1970-01-31"),
+        ("StudyDate", "DA", "1970"),
+        ("StudyTime", "TM", "10:11:12"),
+    ):
+        tag = pydicom.datadict.tag_for_keyword(keyword)
+        source[tag] = pydicom.DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
+    sr = _build(source, make_analysis(source.SOPInstanceUID, demo=True))
+    assert sr.PatientBirthDate == ""
+    assert sr.StudyDate == ""
+    errors, _warnings = dciodvfy(_write(sr, tmp_path))
+    assert errors == []

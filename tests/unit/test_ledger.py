@@ -86,7 +86,7 @@ def result_row(sop: str = "1.2.3.99") -> ResultRow:
 
 
 def analysed(ledger: Ledger, destinations: list[Destination], study: str = STUDY) -> None:
-    """Bring a recorded study to ANALYSED (or DELIVERED without destinations)."""
+    """Bring a recorded study to ANALYSED."""
     ledger.mark_queued(study)
     assert ledger.claim(study, lease_seconds=60)
     ledger.record_results(study, [result_row()], destinations)
@@ -106,7 +106,7 @@ def test_state_machine_received_to_delivered(ledger: Ledger) -> None:
     ledger.mark_queued(STUDY)
     assert state(ledger) is StudyState.QUEUED
 
-    assert ledger.claim(STUDY, lease_seconds=60) is True
+    assert ledger.claim(STUDY, lease_seconds=60) is not None
     row = ledger.study(STUDY)
     assert row is not None
     assert row.state is StudyState.ANALYSING
@@ -152,7 +152,7 @@ def test_mark_failed_records_the_reason(ledger: Ledger) -> None:
         "UNDECODABLE",
         "pixel data cannot be decoded",
     )
-    assert ledger.claim(STUDY, 60) is False  # a permanent failure is not claimed again
+    assert ledger.claim(STUDY, 60) is None  # a permanent failure is not claimed again
 
 
 # --- claims and leases ------------------------------------------------------------------------
@@ -161,8 +161,8 @@ def test_mark_failed_records_the_reason(ledger: Ledger) -> None:
 def test_claim_is_exclusive(ledger: Ledger) -> None:
     record(ledger)
     ledger.mark_queued(STUDY)
-    assert ledger.claim(STUDY, lease_seconds=60) is True
-    assert ledger.claim(STUDY, lease_seconds=60) is False
+    assert ledger.claim(STUDY, lease_seconds=60) is not None
+    assert ledger.claim(STUDY, lease_seconds=60) is None
     row = ledger.study(STUDY)
     assert row is not None
     assert row.attempts == 1
@@ -170,8 +170,8 @@ def test_claim_is_exclusive(ledger: Ledger) -> None:
 
 def test_claim_needs_a_queued_study(ledger: Ledger) -> None:
     record(ledger)
-    assert ledger.claim(STUDY, 60) is False  # still RECEIVED: not assembled yet
-    assert ledger.claim("1.9.9.9", 60) is False  # unknown study
+    assert ledger.claim(STUDY, 60) is None  # still RECEIVED: not assembled yet
+    assert ledger.claim("1.9.9.9", 60) is None  # unknown study
     assert state(ledger) is StudyState.RECEIVED
 
 
@@ -182,9 +182,9 @@ def test_lease_expired_analysing_study_can_be_claimed_again(
     ledger.mark_queued(STUDY)
     assert ledger.claim(STUDY, lease_seconds=30)
     clock.advance(29)
-    assert ledger.claim(STUDY, lease_seconds=30) is False  # lease still held
+    assert ledger.claim(STUDY, lease_seconds=30) is None  # lease still held
     clock.advance(2)
-    assert ledger.claim(STUDY, lease_seconds=30) is True  # the first worker died
+    assert ledger.claim(STUDY, lease_seconds=30) is not None  # the first worker died
     row = ledger.study(STUDY)
     assert row is not None
     assert (row.state, row.attempts) == (StudyState.ANALYSING, 2)
@@ -195,8 +195,8 @@ def test_claim_is_exclusive_across_two_ledger_objects(url: str, ledger: Ledger) 
     try:
         record(ledger)
         ledger.mark_queued(STUDY)
-        assert other.claim(STUDY, 60) is True
-        assert ledger.claim(STUDY, 60) is False
+        assert other.claim(STUDY, 60) is not None
+        assert ledger.claim(STUDY, 60) is None
     finally:
         other.close()
 
@@ -468,3 +468,63 @@ def test_concurrent_duplicate_instance_is_reported_as_known(url: str, ledger: Le
     finally:
         sa.event.remove(ledger._engine, "before_cursor_execute", other_store_first)
         other.close()
+
+
+# --- claim ownership, attempts and release --------------------------------------------------
+
+
+def test_stale_worker_cannot_record_after_another_claimed(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    first = ledger.claim(STUDY, 60)
+    assert first == 1
+    clock.advance(61)  # the first worker's lease expired (it hung, say)
+    second = ledger.claim(STUDY, 60)
+    assert second == 2
+    assert ledger.record_results(STUDY, [result_row()], [PACS], token=first) is False
+    assert ledger.mark_failed(STUDY, "UNDECODABLE", "late", token=first) is False
+    assert state(ledger) is StudyState.ANALYSING
+    assert ledger.record_results(STUDY, [result_row()], [PACS], token=second) is True
+    assert state(ledger) is StudyState.ANALYSED
+
+
+def test_study_fails_after_too_many_lost_attempts(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    for _ in range(3):
+        assert ledger.claim(STUDY, 60, max_attempts=3) is not None
+        clock.advance(61)  # each attempt is lost (the worker crashed)
+    assert ledger.claim(STUDY, 60, max_attempts=3) is None
+    row = ledger.study(STUDY)
+    assert row is not None
+    assert row.state is StudyState.FAILED
+    assert row.reason_code == "TOO_MANY_ATTEMPTS"
+
+
+def test_release_gives_the_study_back_to_the_queue(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    token = ledger.claim(STUDY, 60)
+    assert token is not None
+    assert ledger.release(STUDY, token + 1) is False
+    assert ledger.release(STUDY, token) is True
+    assert state(ledger) is StudyState.QUEUED
+    assert ledger.claim(STUDY, 60) == token + 1
+
+
+def test_recovery_does_not_requeue_a_study_that_moved_on(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    assert ledger.claim(STUDY, 60)
+    # recovery read the study as QUEUED a moment ago; a worker has claimed it since
+    assert ledger.mark_queued(STUDY, expect=StudyState.QUEUED) is False
+    assert state(ledger) is StudyState.ANALYSING
+
+
+def test_touching_deliveries_postpones_their_resend(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    clock.advance(700)
+    assert ledger.undelivered_studies(600) == [STUDY]
+    ledger.touch_deliveries(STUDY)
+    assert ledger.undelivered_studies(600) == []

@@ -322,3 +322,23 @@ def test_corpus_malformed_jpeg2000_is_undecodable() -> None:
     with pytest.raises(RejectedInput) as raised:
         displayed_image(ds)
     assert raised.value.reason_code == "UNDECODABLE"
+
+
+def test_palette_color_is_refused_not_read_as_intensities() -> None:
+    dataset = _palette_dataset()
+    with pytest.raises(RejectedInput) as caught:
+        displayed_image(dataset)
+    assert caught.value.reason_code == "PHOTOMETRIC"
+
+
+def _palette_dataset() -> Dataset:
+    """A synthetic 8-bit PALETTE COLOR image header (the LUT itself is not needed)."""
+    dataset = Dataset()
+    dataset.PhotometricInterpretation = "PALETTE COLOR"
+    dataset.SamplesPerPixel = 1
+    dataset.Rows = dataset.Columns = 8
+    dataset.BitsAllocated = dataset.BitsStored = 8
+    dataset.HighBit = 7
+    dataset.PixelRepresentation = 0
+    dataset.PixelData = bytes(range(64))
+    return dataset

@@ -23,10 +23,12 @@ from collections.abc import Sequence
 import highdicom as hd
 import numpy as np
 import pydicom
+import pydicom.config
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import DA, DT, TM
 
 from cxr_node.jobs import CodedConcept as JobCode
 from cxr_node.jobs import Finding, ImageAnalysis, ModelInfo, Priority, Region
@@ -298,7 +300,25 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
             setattr(view, keyword, _explicit_name(view[keyword].value))
     if view.PatientSex not in _SEXES and view.PatientSex is not None:
         view.PatientSex = ""
+    _blank_invalid_temporal_values(view)
     return view
+
+
+_TEMPORAL_VRS = {"DA": DA, "TM": TM, "DT": DT}
+
+
+def _blank_invalid_temporal_values(view: pydicom.Dataset) -> None:
+    """Empty top-level dates and times that do not parse (e.g. "1970-01-31"): highdicom copies
+    them into the result and refuses invalid ones; an empty Type 2 value is what the standard
+    allows for an unknown one (PS3.5 6.2)."""
+    for element in view:
+        parse = _TEMPORAL_VRS.get(element.VR)
+        if parse is None or element.VM != 1 or not element.value:
+            continue
+        try:
+            parse(str(element.value), validation_mode=pydicom.config.RAISE)
+        except (ValueError, TypeError):
+            element.value = ""
 
 
 def restore_verbatim(result: pydicom.Dataset, source: pydicom.Dataset) -> None:
