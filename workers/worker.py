@@ -31,7 +31,6 @@ def run_worker(settings: Settings) -> int:
             "--without-gossip",
             "--without-mingle",
             "--without-heartbeat",
-            "--quiet",
             f"--loglevel={settings.log_level}",
             f"--hostname=cxr-worker-{os.getpid()}@{socket.gethostname()}",
         ]
