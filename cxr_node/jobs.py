@@ -26,7 +26,10 @@ class InferenceJob(BaseModel):
     """One study to analyse: which spooled instances, and where the results go."""
 
     study_key: str = Field(description="Sanitised key of the study in the ledger")
-    instance_paths: list[str] = Field(description="Spool-relative paths of eligible images")
+    instance_paths: list[str] = Field(
+        description="Spool-relative paths of the eligible images when the study was assembled; "
+        "the worker re-reads the ledger at claim time, which is authoritative"
+    )
     destinations: list[Destination] = Field(default_factory=list)
 
 
