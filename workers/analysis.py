@@ -56,13 +56,14 @@ class Analyzer:
         """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""
         image = pixels.displayed_image(dataset)
         batch, box = self.model_input(image)
-        predictions = self.ensemble.predict(batch)
+        inference = self.ensemble.infer(batch)
+        predictions = inference.predictions
         explained = sorted(
             (p for p in predictions if p.probability >= p.threshold),
             key=lambda p: p.probability,
             reverse=True,
         )[: self.top_k]
-        maps = {p.label: self.ensemble.gradcam(batch, p.label) for p in explained}
+        maps = self.ensemble.gradcam(inference, [p.label for p in explained])
         source_maps = {label: to_source_geometry(m, box, image.shape) for label, m in maps.items()}
         findings = [
             Finding(

@@ -35,11 +35,15 @@ class Preprocessing(BaseModel):
 
 
 class LabelSpec(BaseModel):
-    """One output of the network: its name, code for the SR, and operating threshold."""
+    """One output of the network: its name, code for the SR, and operating threshold.
+
+    ``output`` is the network output's index; by default the label's position in the list.
+    """
 
     name: str
     code: CodedConcept
     threshold: float = Field(ge=0.0, le=1.0)
+    output: int | None = Field(default=None, ge=0)
 
 
 class BundleMetadata(BaseModel):
@@ -52,6 +56,7 @@ class BundleMetadata(BaseModel):
     architecture: Literal["densenet121", "densenet169", "densenet201"]
     preprocessing: Preprocessing
     labels: list[LabelSpec]
+    outputs: int | None = Field(default=None, ge=1, description="Network outputs, if more")
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     license: str = ""
     monai_version: str = ""

@@ -1,19 +1,27 @@
 """A weighted ensemble of DenseNets from model bundles, with Grad-CAM per finding.
 
 Each label's probability is the weighted average over the members that have the label; its
-threshold is the weighted average of those members' thresholds. Grad-CAM (MONAI) is computed per
-member and averaged the same way, scaled so that hot means evidence.
+threshold is the weighted average of those members' thresholds.
+
+Grad-CAM (Selvaraju et al. 2017) weights the target layer's activation maps A_k by the mean
+gradient of the class score, alpha_k = mean(dy_c/dA_k). Our networks end in global average
+pooling and one linear layer (MONAI DenseNet ``class_layers``: relu, pool, flatten, out), so
+dy_c/dA_k is w_ck/(H*W) everywhere and Grad-CAM equals relu(sum_k w_ck A_k) up to a positive
+factor: one forward pass gives every finding's map, with no backward pass. A test checks that
+this matches MONAI's ``GradCAM`` on a DenseNet-121. Maps are averaged over members (each scaled
+to peak 1) and scaled to [0, 1] with hot = evidence.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from monai.visualize import GradCAM
+import torch.nn.functional as F
 from pydicom.uid import generate_uid
 
 import cxr_node
@@ -33,8 +41,13 @@ class LoadedMember:
     bundle: Bundle
     weight: float
     network: torch.nn.Module
-    gradcam: GradCAM
-    label_index: dict[str, int]
+    label_index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.label_index = {
+            spec.name: spec.output if spec.output is not None else position
+            for position, spec in enumerate(self.bundle.metadata.labels)
+        }
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,15 @@ class LabelPrediction:
     threshold: float
 
 
+@dataclass
+class Inference:
+    """One forward pass of every member: predictions and what Grad-CAM needs."""
+
+    predictions: list[LabelPrediction]
+    input_size: tuple[int, int]
+    activations: list[torch.Tensor]  # per member: (channels, h, w) at the target layer
+
+
 def select_device(preference: str) -> torch.device:
     """CUDA when asked for or available (``auto``), else CPU."""
     if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
@@ -54,8 +76,11 @@ def select_device(preference: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _identity(cam: torch.Tensor) -> torch.Tensor:
-    return cam
+def class_weights(network: torch.nn.Module) -> torch.Tensor:
+    """The final linear layer's weights (classes, channels) that follow global pooling."""
+    weight = network.get_submodule("class_layers.out").weight
+    assert isinstance(weight, torch.Tensor)
+    return weight.detach()
 
 
 class Ensemble:
@@ -93,22 +118,7 @@ class Ensemble:
         for entry in configured:
             path = settings.models_path / entry.bundle
             bundle = read_bundle(path if path.is_dir() else type(path)(entry.bundle))
-            meta = bundle.metadata
-            network = build_network(
-                meta.architecture, meta.preprocessing.channels, len(meta.labels)
-            )
-            state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
-            network.load_state_dict(state)
-            network.to(device).eval()
-            members.append(
-                LoadedMember(
-                    bundle=bundle,
-                    weight=entry.weight,
-                    network=network,
-                    gradcam=GradCAM(network, GRADCAM_LAYER, postprocessing=_identity),
-                    label_index={spec.name: i for i, spec in enumerate(meta.labels)},
-                )
-            )
+            members.append(LoadedMember(bundle, entry.weight, load_network(bundle, device)))
             log.info("loaded model %s on %s", bundle, device)
         return cls(members, device)
 
@@ -138,20 +148,29 @@ class Ensemble:
             device_uid=generate_uid(entropy_srcs=fingerprint),
         )
 
-    @torch.no_grad()
-    def predict(self, batch: torch.Tensor) -> list[LabelPrediction]:
-        """Probabilities for one image (batch of one), averaged over members by weight."""
+    @torch.inference_mode()
+    def infer(self, batch: torch.Tensor) -> Inference:
+        """One forward pass per member (batch of one): probabilities and target activations."""
         batch = batch.to(self.device)
         sums: dict[str, list[float]] = {}
+        activations: list[torch.Tensor] = []
         for member in self.members:
-            probabilities = torch.sigmoid(member.network(batch))[0].float().cpu().numpy()
+            captured: list[torch.Tensor] = []
+            layer = member.network.get_submodule(GRADCAM_LAYER)
+            hook = layer.register_forward_hook(lambda _m, _i, out, sink=captured: sink.append(out))
+            try:
+                logits = member.network(batch)
+            finally:
+                hook.remove()
+            activations.append(captured[0][0].float())
+            probabilities = torch.sigmoid(logits)[0].float().cpu().numpy()
             for spec in member.bundle.metadata.labels:
                 p = float(probabilities[member.label_index[spec.name]])
                 acc = sums.setdefault(spec.name, [0.0, 0.0, 0.0])
                 acc[0] += member.weight * p
                 acc[1] += member.weight * spec.threshold
                 acc[2] += member.weight
-        return [
+        predictions = [
             LabelPrediction(
                 label=name,
                 code=code,
@@ -160,27 +179,50 @@ class Ensemble:
             )
             for name, code in self.labels
         ]
+        size = (int(batch.shape[-2]), int(batch.shape[-1]))
+        return Inference(predictions=predictions, input_size=size, activations=activations)
 
-    def gradcam(self, batch: torch.Tensor, label: str) -> np.ndarray:
-        """Grad-CAM for one label at input resolution, in [0, 1] with hot = evidence."""
-        batch = batch.to(self.device)
-        total: np.ndarray | None = None
-        weights = 0.0
-        with torch.enable_grad():
-            for member in self.members:
+    @torch.inference_mode()
+    def gradcam(self, inference: Inference, labels: Sequence[str]) -> dict[str, np.ndarray]:
+        """Grad-CAM at input resolution for each label, in [0, 1], hot = evidence."""
+        maps: dict[str, np.ndarray] = {}
+        for label in labels:
+            total: torch.Tensor | None = None
+            weights = 0.0
+            for member, activation in zip(self.members, inference.activations, strict=True):
                 if label not in member.label_index:
                     continue
-                cam = member.gradcam(batch, class_idx=member.label_index[label])
-                cam_map = cam[0, 0].detach().float().cpu().numpy()
-                peak = float(cam_map.max())
-                if peak > 0:
-                    cam_map = cam_map / peak
-                total = (
-                    member.weight * cam_map if total is None else total + member.weight * cam_map
-                )
+                w = class_weights(member.network)[member.label_index[label]].float()
+                cam = torch.relu(torch.einsum("c,chw->hw", w, activation))
+                peak = float(cam.max())
+                cam = cam / peak if peak > 0 else cam
+                total = member.weight * cam if total is None else total + member.weight * cam
                 weights += member.weight
-        if total is None:
-            return np.zeros(tuple(batch.shape[-2:]), dtype=np.float32)
-        total = total / weights
-        peak = float(total.max())
-        return (total / peak if peak > 0 else total).astype(np.float32)
+            if total is None:
+                maps[label] = np.zeros(inference.input_size, dtype=np.float32)
+                continue
+            upsampled = F.interpolate(
+                (total / weights)[None, None],
+                size=inference.input_size,
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0]
+            peak = float(upsampled.max())
+            scaled = upsampled / peak if peak > 0 else upsampled
+            maps[label] = scaled.clamp(0.0, 1.0).cpu().numpy().astype(np.float32)
+        return maps
+
+
+def load_network(bundle: Bundle, device: torch.device) -> torch.nn.Module:
+    """Build the bundle's architecture and load its (already verified) weights."""
+    meta = bundle.metadata
+    outputs = (
+        max([spec.output if spec.output is not None else i for i, spec in enumerate(meta.labels)])
+        + 1
+    )
+    network = build_network(
+        meta.architecture, meta.preprocessing.channels, max(outputs, meta.outputs or 0)
+    )
+    state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network.to(device).eval()
