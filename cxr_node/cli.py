@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     listing = model_commands.add_parser("list", help="list installed bundles")
     _common(listing)
+    verify = model_commands.add_parser("verify", help="check every bundle's weights sha256")
+    _common(verify)
+    importer = model_commands.add_parser(
+        "import-torchxrayvision", help="make a bundle of a torchxrayvision DenseNet weights file"
+    )
+    _common(importer)
+    importer.add_argument("weights_file", type=Path)
+    importer.add_argument("--variant", help="all, nih, pc, chex, rsna, mimic_nb, mimic_ch")
 
     studies = commands.add_parser("studies", help="recent studies and their states")
     _common(studies)
@@ -152,12 +160,38 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             for path in bundles.write_demo_bundles(settings.models_path, force=args.force):
                 print(f"demo bundle (DEMO, not trained, not for clinical use): {path}")
             return 0
+        if args.models_command == "verify":
+            return _verify_bundles(settings)
+        if args.models_command == "import-torchxrayvision":
+            from workers.torchxrayvision_import import import_torchxrayvision
+
+            folder = import_torchxrayvision(args.weights_file, settings.models_path, args.variant)
+            print(f"imported: {bundles.read_bundle(folder)} at {folder}")
+            return 0
         for info in bundles.list_bundles(settings.models_path):
             print(info)
         return 0
     if args.command == "studies":
         return _print_studies(settings, args.last, args.json)
     raise AssertionError(args.command)
+
+
+def _verify_bundles(settings: Settings) -> int:
+    from workers import bundles
+
+    failures = 0
+    installed = bundles.list_bundles(settings.models_path)
+    for listed in installed:
+        try:
+            bundles.read_bundle(listed.path, verify=True)
+            print(f"ok      {listed}")
+        except CxrNodeError as exc:
+            failures += 1
+            print(f"FAILED  {exc}")
+    if not installed:
+        print(f"no bundles in {settings.models_path}")
+        return 1
+    return 1 if failures else 0
 
 
 def _print_studies(settings: Settings, last: int, as_json: bool) -> int:
