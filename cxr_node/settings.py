@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1, le=256)
     gradcam_top_k: int = Field(default=3, ge=0, le=18)
     critical_findings: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
+    abnormality_score: Literal["max_normalised", "max_probability"] = Field(
+        default="max_normalised", description="How the study score is made (docs/architecture)"
+    )
     max_pdu: int = Field(default=262144, ge=0)
     network_timeout_seconds: float = Field(default=60.0, gt=0.0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -38,6 +38,7 @@ class Analyzer:
         self.ensemble = ensemble or Ensemble.from_settings(settings)
         self.top_k = settings.gradcam_top_k
         self.critical_findings = list(settings.critical_findings)
+        self.score_method = settings.abnormality_score
 
     def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
         """The network's input tensor (1, C, S, S) and where it sits in the source image."""
@@ -79,7 +80,7 @@ class Analyzer:
         analysis = ImageAnalysis(
             sop_instance_uid=str(dataset.SOPInstanceUID),
             findings=findings,
-            abnormality_score=round(scoring.abnormality_score(findings), 6),
+            abnormality_score=round(scoring.abnormality_score(findings, self.score_method), 6),
             priority=scoring.priority(findings, self.critical_findings),
             model=self.ensemble.info,
         )

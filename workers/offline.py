@@ -46,7 +46,7 @@ def image_to_dataset(path: Path) -> Dataset:
         instance_number=1,
         manufacturer="cxr-node (wrapped image file)",
         patient_orientation=("L", "F"),
-        patient_name="ANONYMOUS",
+        patient_name="ANONYMOUS^",
         patient_id="ANONYMOUS",
         series_description=f"wrapped {path.suffix.lower()} image",
     )

@@ -25,8 +25,20 @@ def normalised_probability(probability: float, threshold: float) -> float:
     return 0.5 + 0.5 * (probability - threshold) / (1.0 - threshold)
 
 
-def abnormality_score(findings: Sequence[Finding]) -> float:
-    """The study-level score in [0, 1] (0 when there are no findings)."""
+SCORE_METHODS = ("max_normalised", "max_probability")
+
+
+def abnormality_score(findings: Sequence[Finding], method: str = "max_normalised") -> float:
+    """The score in [0, 1] (0 without findings).
+
+    ``max_normalised`` (default): the maximum of each finding's probability normalised so that
+    its operating threshold maps to 0.5. ``max_probability``: the plain maximum probability
+    (only comparable across findings when the model's thresholds are alike).
+    """
+    if method == "max_probability":
+        return max((f.probability for f in findings), default=0.0)
+    if method != "max_normalised":
+        raise ValueError(f"unknown abnormality score method {method!r}")
     return max((normalised_probability(f.probability, f.threshold) for f in findings), default=0.0)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cxr_node.jobs import CodedConcept, Finding, Priority
+from workers.labels import code_for
 from workers.scoring import abnormality_score, normalised_probability, priority
 
 THRESHOLDS = [0.01, 0.1, 0.25, 0.5, 0.73, 0.9, 0.99]
@@ -144,3 +145,14 @@ def test_no_critical_labels_configured() -> None:
 def test_critical_labels_can_be_any_iterable() -> None:
     labels = (label for label in ["Mass", "pneumothorax"])
     assert priority([finding("Pneumothorax", 0.9)], labels) is Priority.CRITICAL
+
+
+def test_score_methods_differ_as_documented() -> None:
+    findings = [
+        Finding(label="A", code=code_for("A"), probability=0.3, threshold=0.1, positive=True),
+        Finding(label="B", code=code_for("B"), probability=0.6, threshold=0.9, positive=False),
+    ]
+    assert abnormality_score(findings, "max_probability") == pytest.approx(0.6)
+    assert abnormality_score(findings, "max_normalised") == pytest.approx(0.5 + 0.5 * 0.2 / 0.9)
+    with pytest.raises(ValueError, match="unknown"):
+        abnormality_score(findings, "mean")

@@ -1,0 +1,57 @@
+"""``analyze`` on every frontal chest radiograph of the corpus (DICOM, PNG, JPEG): findings, a
+score and heatmaps for each; the malformed one fails with a clear reason."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from cxr_node.errors import RejectedInput
+from cxr_node.settings import load_settings
+from workers.analysis import Analyzer
+from workers.offline import read_source
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(corpus: Path, prefix: str) -> list[dict[str, str]]:
+    with (corpus / "inventory.csv").open(newline="") as stream:
+        return [row for row in csv.DictReader(stream) if row["role"].startswith(prefix)]
+
+
+@pytest.fixture(scope="module")
+def analyzer(models_dir: Path) -> Analyzer:
+    return Analyzer(load_settings(data_dir=models_dir.parent, models_dir=models_dir))
+
+
+def test_every_frontal_chest_file_is_analysed(corpus: Path, analyzer: Analyzer) -> None:
+    rows = _rows(corpus, "CHEST-FRONTAL (accept")
+    assert len(rows) >= 60
+    kinds = set()
+    for row in rows:
+        source = read_source(corpus / row["file"])
+        analysed = analyzer.analyse(source)
+        result = analysed.analysis
+        assert len(result.findings) == 18, row["file"]
+        assert 0.0 <= result.abnormality_score <= 1.0
+        assert analysed.display.shape == (source.Rows, source.Columns)
+        positives = result.positive_findings
+        if positives:
+            assert analysed.heatmap is not None and analysed.heatmap.shape == analysed.display.shape
+            for finding in positives[: analyzer.top_k]:
+                assert finding.region is not None, (row["file"], finding.label)
+                assert 0 <= finding.region.x_min < finding.region.x_max <= source.Columns
+                assert 0 <= finding.region.y_min < finding.region.y_max <= source.Rows
+        kinds.add(row["kind"])
+    assert kinds == {"dicom", "image"}
+
+
+def test_malformed_frontal_chest_fails_with_a_reason(corpus: Path, analyzer: Analyzer) -> None:
+    rows = _rows(corpus, "CHEST-FRONTAL + MALFORMED")
+    assert rows
+    for row in rows:
+        with pytest.raises(RejectedInput) as caught:
+            analyzer.analyse(read_source(corpus / row["file"]))
+        assert caught.value.reason_code == "UNDECODABLE"
