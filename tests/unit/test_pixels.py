@@ -342,3 +342,32 @@ def _palette_dataset() -> Dataset:
     dataset.PixelRepresentation = 0
     dataset.PixelData = bytes(range(64))
     return dataset
+
+
+def test_bits_stored_is_honoured_and_high_bits_ignored() -> None:
+    """Synthetic 12-bit image with garbage in the unused high bits (seen from real modalities)."""
+    clean = chest_like()
+    noisy = clean.astype(np.uint16) | np.uint16(0xF000)
+    np.testing.assert_allclose(
+        displayed_image(make_image(noisy)), displayed_image(make_image(clean)), atol=1e-6
+    )
+
+
+def test_voi_lut_sequence_is_used_before_any_window() -> None:
+    """A synthetic VOI LUT that is a step: everything above 2000 is white, the rest black."""
+    lut = Dataset()
+    lut.LUTDescriptor = [4096, 0, 16]
+    lut.LUTData = [0] * 2000 + [65535] * 2096
+    image = make_image(chest_like(), WindowCenter=100, WindowWidth=50)
+    image.VOILUTSequence = [lut]
+    displayed = displayed_image(image)
+    expected = (chest_like() >= 2000).astype(np.float32)
+    np.testing.assert_array_equal(displayed, expected)
+
+
+def test_modality_lut_sequence_of_a_real_file_is_applied() -> None:
+    dataset = pydicom.dcmread(corpus_file("fo-dicom/CR-ModalitySequenceLUT.dcm"))
+    assert "ModalityLUTSequence" in dataset
+    image = displayed_image(dataset)
+    assert image.dtype == np.float32 and 0.0 <= image.min() < image.max() <= 1.0
+    assert image.shape == (dataset.Rows, dataset.Columns)
