@@ -1,8 +1,8 @@
 """Analysis speed: one radiograph from file to probabilities and heatmaps, models warm.
 
-The default two-member DenseNet-121 DEMO ensemble at 224 with Grad-CAM for up to three
-positive findings, on every CHEST-FRONTAL file of the corpus (DICOM read and decoded, PNG/JPEG
-read and wrapped), several rounds; plus the cost of encoding SR + SC, reported apart. Usage:
+The default two-member DenseNet-121 DEMO ensemble at 224 with Grad-CAM for every positive
+finding and the top three, on every CHEST-FRONTAL file of the corpus (DICOM read and decoded,
+PNG/JPEG read and wrapped), several rounds; plus the cost of encoding SR + SC, apart. Usage:
 
     CXR_CORPUS=../shared/cxr-corpus .venv/bin/python bench/analysis.py [--rounds 3]
 """

@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1, le=256)
-    gradcam_top_k: int = Field(default=3, ge=0, le=18)
+    gradcam_top_k: int = Field(
+        default=3, ge=0, le=18, description="Grad-CAM also for the k highest-ranked findings"
+    )
     critical_findings: list[str] = Field(default_factory=lambda: ["Pneumothorax"])
     abnormality_score: Literal["max_normalised", "max_probability"] = Field(
         default="max_normalised", description="How the study score is made (docs/architecture)"

@@ -1,7 +1,8 @@
 """One radiograph through the model: pixels in, findings, score and heatmap out (as data).
 
 decode -> displayed image -> square crop/pad -> resize -> value range -> ensemble ->
-Grad-CAM for positive findings (top k) -> heatmap and hottest region back in source geometry.
+Grad-CAM for every positive finding and the top k -> heatmaps and hottest regions back in source
+geometry. The SC heatmap shows the finding furthest above its operating point.
 """
 
 from __future__ import annotations
@@ -59,13 +60,17 @@ class Analyzer:
         batch, box = self.model_input(image)
         inference = self.ensemble.infer(batch)
         predictions = inference.predictions
-        explained = sorted(
-            (p for p in predictions if p.probability >= p.threshold),
-            key=lambda p: p.probability,
+        # Ranked by how far each is above (or below) its own operating point.
+        ranked = sorted(
+            predictions,
+            key=lambda p: scoring.normalised_probability(p.probability, p.threshold),
             reverse=True,
-        )[: self.top_k]
+        )
+        positives = [p for p in ranked if p.probability >= p.threshold]
+        explained = list({p.label: p for p in positives + ranked[: self.top_k]}.values())
         maps = self.ensemble.gradcam(inference, [p.label for p in explained])
-        source_maps = {label: to_source_geometry(m, box, image.shape) for label, m in maps.items()}
+        size = self.ensemble.preprocessing.size
+        regions = {label: to_source_region(m, box, size, image.shape) for label, m in maps.items()}
         findings = [
             Finding(
                 label=p.label,
@@ -73,7 +78,7 @@ class Analyzer:
                 probability=round(p.probability, 6),
                 threshold=round(p.threshold, 6),
                 positive=p.probability >= p.threshold,
-                region=hottest_region(source_maps[p.label]) if p.label in source_maps else None,
+                region=regions.get(p.label),
             )
             for p in predictions
         ]
@@ -84,7 +89,9 @@ class Analyzer:
             priority=scoring.priority(findings, self.critical_findings),
             model=self.ensemble.info,
         )
-        heatmap = source_maps[explained[0].label] if explained else None
+        heatmap = None
+        if positives:
+            heatmap = to_source_geometry(maps[positives[0].label], box, image.shape)
         return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap)
 
 
@@ -101,6 +108,23 @@ def to_source_geometry(
     sy1, sx1 = min(box.y0 + box.side, height), min(box.x0 + box.side, width)
     out[sy0:sy1, sx0:sx1] = square_map[sy0 - box.y0 : sy1 - box.y0, sx0 - box.x0 : sx1 - box.x0]
     return np.clip(out, 0.0, 1.0)
+
+
+def to_source_region(
+    heatmap: np.ndarray, box: pixels.SquareBox, size: int, shape: tuple[int, ...]
+) -> Region | None:
+    """The hottest region of a model-resolution map, as a box in source pixel coordinates."""
+    region = hottest_region(heatmap)
+    if region is None:
+        return None
+    scale = box.side / size
+    height, width = shape[0], shape[1]
+    return Region(
+        x_min=min(max(box.x0 + region.x_min * scale, 0.0), width),
+        y_min=min(max(box.y0 + region.y_min * scale, 0.0), height),
+        x_max=min(max(box.x0 + region.x_max * scale, 0.0), width),
+        y_max=min(max(box.y0 + region.y_max * scale, 0.0), height),
+    )
 
 
 def hottest_region(heatmap: np.ndarray, level: float = REGION_LEVEL) -> Region | None:

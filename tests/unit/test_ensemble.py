@@ -164,3 +164,38 @@ def test_real_monochrome1_radiograph_and_its_monochrome2_twin_agree(models_dir: 
     np.testing.assert_allclose(
         [f.probability for f in first], [f.probability for f in second], atol=1e-3
     )
+
+
+class ConstantHead(nn.Module):
+    """Outputs fixed logits whatever the image (synthetic test net with the expected head)."""
+
+    def __init__(self, logits: list[float]) -> None:
+        super().__init__()
+        self.class_layers = nn.Sequential(
+            OrderedDict(
+                relu=nn.ReLU(),
+                pool=nn.AdaptiveAvgPool2d(1),
+                flatten=nn.Flatten(1),
+                out=nn.Linear(1, len(logits)),
+            )
+        )
+        with torch.no_grad():
+            self.class_layers.out.weight.zero_()
+            self.class_layers.out.bias.copy_(torch.tensor(logits))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.class_layers(x[:, :1, :4, :4])
+
+
+def test_labels_are_averaged_over_the_members_that_have_them_by_weight() -> None:
+    logit = float(torch.logit(torch.tensor(0.8)))
+    first = LoadedMember(_bundle(["A", "B"]), 3.0, ConstantHead([logit, 0.0]))  # A 0.8, B 0.5
+    second = LoadedMember(_bundle(["B"]), 1.0, ConstantHead([logit]))  # B 0.8
+    predictions = {
+        p.label: p
+        for p in Ensemble([first, second], torch.device("cpu"))
+        .infer(torch.zeros(1, 1, 224, 224))
+        .predictions
+    }
+    assert predictions["A"].probability == pytest.approx(0.8, abs=1e-6)  # only the first has A
+    assert predictions["B"].probability == pytest.approx((3 * 0.5 + 1 * 0.8) / 4, abs=1e-6)
