@@ -77,7 +77,23 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def start(arguments: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_serve(
+    data_dir: Path, port: int, env: dict[str, str], log: Path, *options: str
+) -> subprocess.Popen[bytes]:
+    """``cxr-node serve`` on loopback with its own data folder, logging to ``log``."""
+    arguments = [
+        sys.executable,
+        "-m",
+        "cxr_node",
+        "serve",
+        "--data-dir",
+        str(data_dir),
+        "--port",
+        str(port),
+        "--bind-address",
+        "127.0.0.1",
+        *options,
+    ]
     with log.open("ab") as stream:
         return subprocess.Popen(arguments, cwd=REPO, env=env, stdout=stream, stderr=stream)
 
@@ -108,25 +124,15 @@ def latency(work: Path, copies: list[Path], quiet: float, env: dict[str, str]) -
     scp = subprocess.Popen(
         ["/usr/bin/storescp", "-aet", "DEST", "-od", str(received), str(dest_port)]
     )
-    node = start(
-        [
-            sys.executable,
-            "-m",
-            "cxr_node",
-            "serve",
-            "--data-dir",
-            str(work / f"n{quiet}"),
-            "--port",
-            str(node_port),
-            "--bind-address",
-            "127.0.0.1",
-            "--quiet-seconds",
-            str(quiet),
-            "--destination",
-            f"DEST@127.0.0.1:{dest_port}",
-        ],
+    node = start_serve(
+        work / f"n{quiet}",
+        node_port,
         env,
         work / "serve.log",
+        "--quiet-seconds",
+        str(quiet),
+        "--destination",
+        f"DEST@127.0.0.1:{dest_port}",
     )
     try:
         wait_port(dest_port)
@@ -165,23 +171,13 @@ def serve_memory(work: Path, copies: list[Path], env: dict[str, str]) -> tuple[f
         stdout=subprocess.DEVNULL,
     )
     wait_port(redis_port)
-    node = start(
-        [
-            sys.executable,
-            "-m",
-            "cxr_node",
-            "serve",
-            "--data-dir",
-            str(work / "redis"),
-            "--port",
-            str(node_port),
-            "--bind-address",
-            "127.0.0.1",
-            "--broker",
-            f"redis://127.0.0.1:{redis_port}/0",
-        ],
+    node = start_serve(
+        work / "redis",
+        node_port,
         env,
         work / "serve-redis.log",
+        "--broker",
+        f"redis://127.0.0.1:{redis_port}/0",
     )
     try:
         wait_port(node_port)

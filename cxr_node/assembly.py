@@ -81,10 +81,9 @@ class StudyAssembler:
     def _dispatch(self, study_key: str) -> None:
         job = self._job(study_key)
         if not job.instance_paths:
-            reasons = sorted(
-                {i.reason_code or "UNKNOWN" for i in self._ledger.instances_of(study_key)}
-            )
-            texts = sorted({i.reason or "" for i in self._ledger.instances_of(study_key)})
+            refused = self._ledger.instances_of(study_key)
+            reasons = sorted({i.reason_code or "UNKNOWN" for i in refused})
+            texts = sorted({i.reason or "" for i in refused})
             self._ledger.mark_not_eligible(study_key, ",".join(reasons), "; ".join(texts))
             log.info("study %s not analysed: %s", log_ref(study_key), ",".join(reasons))
             return

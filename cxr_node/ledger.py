@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -168,8 +169,6 @@ class Ledger:
 
     def __init__(self, url: str) -> None:
         if url.startswith("sqlite:///"):
-            from pathlib import Path
-
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._engine = _engine(url)
         _metadata.create_all(self._engine)

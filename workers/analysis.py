@@ -66,7 +66,7 @@ class Analyzer:
             key=lambda p: scoring.normalised_probability(p.probability, p.threshold),
             reverse=True,
         )
-        positives = [p for p in ranked if p.probability >= p.threshold]
+        positives = [p for p in ranked if p.positive]
         explained = list({p.label: p for p in positives + ranked[: self.top_k]}.values())
         maps = self.ensemble.gradcam(inference, [p.label for p in explained])
         size = self.ensemble.preprocessing.size
@@ -77,7 +77,7 @@ class Analyzer:
                 code=p.code,
                 probability=round(p.probability, 6),
                 threshold=round(p.threshold, 6),
-                positive=p.probability >= p.threshold,
+                positive=p.positive,
                 region=regions.get(p.label),
             )
             for p in predictions
@@ -101,13 +101,8 @@ def to_source_geometry(
     """Resize a model-resolution map to the square box and place it in the source image."""
     tensor = torch.from_numpy(np.ascontiguousarray(heatmap))[None, None]
     square = F.interpolate(tensor, size=(box.side, box.side), mode="bilinear", align_corners=False)
-    square_map = square[0, 0].numpy()
-    height, width = shape[0], shape[1]
-    out = np.zeros((height, width), dtype=np.float32)
-    sy0, sx0 = max(box.y0, 0), max(box.x0, 0)
-    sy1, sx1 = min(box.y0 + box.side, height), min(box.x0 + box.side, width)
-    out[sy0:sy1, sx0:sx1] = square_map[sy0 - box.y0 : sy1 - box.y0, sx0 - box.x0 : sx1 - box.x0]
-    return np.clip(out, 0.0, 1.0)
+    placed = pixels.paste_square(square[0, 0].numpy(), box, shape[0], shape[1])
+    return np.clip(placed, 0.0, 1.0)
 
 
 def to_source_region(
@@ -128,7 +123,7 @@ def to_source_region(
 
 
 def hottest_region(heatmap: np.ndarray, level: float = REGION_LEVEL) -> Region | None:
-    """Bounding box (column, row, in source pixels) of where the map is above ``level`` of peak."""
+    """Bounding box (column, row, in the map's pixels) of where it is above ``level`` of peak."""
     peak = float(heatmap.max())
     if peak <= 0:
         return None

@@ -62,6 +62,17 @@ class BundleMetadata(BaseModel):
     monai_version: str = ""
     pytorch_version: str = ""
 
+    def label_outputs(self) -> dict[str, int]:
+        """Label name -> network output index (a label's position unless it says otherwise)."""
+        return {
+            spec.name: spec.output if spec.output is not None else position
+            for position, spec in enumerate(self.labels)
+        }
+
+    def output_count(self) -> int:
+        """How many outputs the network has."""
+        return max([*self.label_outputs().values(), (self.outputs or 0) - 1]) + 1
+
 
 class Bundle(BaseModel):
     """A bundle on disk and its validated metadata."""

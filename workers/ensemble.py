@@ -44,10 +44,7 @@ class LoadedMember:
     label_index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.label_index = {
-            spec.name: spec.output if spec.output is not None else position
-            for position, spec in enumerate(self.bundle.metadata.labels)
-        }
+        self.label_index = self.bundle.metadata.label_outputs()
 
 
 @dataclass(frozen=True)
@@ -58,6 +55,11 @@ class LabelPrediction:
     code: CodedConcept
     probability: float
     threshold: float
+
+    @property
+    def positive(self) -> bool:
+        """At or above the operating point."""
+        return self.probability >= self.threshold
 
 
 @dataclass
@@ -216,13 +218,7 @@ class Ensemble:
 def load_network(bundle: Bundle, device: torch.device) -> torch.nn.Module:
     """Build the bundle's architecture and load its (already verified) weights."""
     meta = bundle.metadata
-    outputs = (
-        max([spec.output if spec.output is not None else i for i, spec in enumerate(meta.labels)])
-        + 1
-    )
-    network = build_network(
-        meta.architecture, meta.preprocessing.channels, max(outputs, meta.outputs or 0)
-    )
+    network = build_network(meta.architecture, meta.preprocessing.channels, meta.output_count())
     state = torch.load(bundle.weights_path, map_location="cpu", weights_only=True)
     network.load_state_dict(state)
     return network.to(device).eval()

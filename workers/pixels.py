@@ -112,13 +112,28 @@ def square_box(height: int, width: int, mode: str) -> SquareBox:
     return SquareBox(x0=(width - side) // 2, y0=(height - side) // 2, side=side)
 
 
-def extract_square(image: np.ndarray, box: SquareBox) -> np.ndarray:
-    """Cut (or zero-pad to) the square box out of the image."""
-    height, width = image.shape
-    out = np.zeros((box.side, box.side), dtype=image.dtype)
+def _overlap(box: SquareBox, height: int, width: int) -> tuple[tuple[slice, slice], ...]:
+    """(source slices, square slices) of where the box and the image overlap."""
     sy0, sx0 = max(box.y0, 0), max(box.x0, 0)
     sy1, sx1 = min(box.y0 + box.side, height), min(box.x0 + box.side, width)
-    out[sy0 - box.y0 : sy1 - box.y0, sx0 - box.x0 : sx1 - box.x0] = image[sy0:sy1, sx0:sx1]
+    source = (slice(sy0, sy1), slice(sx0, sx1))
+    square = (slice(sy0 - box.y0, sy1 - box.y0), slice(sx0 - box.x0, sx1 - box.x0))
+    return source, square
+
+
+def extract_square(image: np.ndarray, box: SquareBox) -> np.ndarray:
+    """Cut (or zero-pad to) the square box out of the image."""
+    out = np.zeros((box.side, box.side), dtype=image.dtype)
+    source, square = _overlap(box, *image.shape)
+    out[square] = image[source]
+    return out
+
+
+def paste_square(square: np.ndarray, box: SquareBox, height: int, width: int) -> np.ndarray:
+    """The inverse of :func:`extract_square`: a (side x side) map placed in source geometry."""
+    out = np.zeros((height, width), dtype=square.dtype)
+    source, inside = _overlap(box, height, width)
+    out[source] = square[inside]
     return out
 
 

@@ -133,11 +133,11 @@ def deliver_results(self: Task, study_key: str) -> None:
     """
     ctx = context()
     files = [ctx.spool.resolve(row.path) for row in ctx.ledger.results_of(study_key)]
-    deliveries = ctx.ledger.deliveries_of(study_key)
     retry_in: float | None = None
-    for destination_text in ctx.ledger.pending_deliveries(study_key):
-        attempts = deliveries[destination_text][1] + 1
-        wait = _deliver_one(ctx, study_key, destination_text, files, attempts)
+    for destination_text, (state, attempts, _error) in ctx.ledger.deliveries_of(study_key).items():
+        if state != DeliveryState.PENDING:
+            continue
+        wait = _deliver_one(ctx, study_key, destination_text, files, attempts + 1)
         if wait is not None:
             retry_in = wait if retry_in is None else min(retry_in, wait)
     if retry_in is not None:

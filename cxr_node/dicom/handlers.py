@@ -49,14 +49,11 @@ class StoreHandler:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
             return self._store(event, calling_ae)
-        except OSError as exc:
-            if exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-                log.error(
-                    "spool full while storing from %s: answering Out of Resources", calling_ae
-                )
-                return status.OUT_OF_RESOURCES
+        except OSError as exc:  # spool full (ENOSPC, EDQUOT) or unwritable
             log.error(
-                "cannot write to the spool (%s): answering Out of Resources", type(exc).__name__
+                "cannot write to the spool (%s) while storing from %s: Out of Resources",
+                errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+                calling_ae,
             )
             return status.OUT_OF_RESOURCES
         except Exception as exc:  # a handler must answer, whatever went wrong
