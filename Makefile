@@ -11,8 +11,8 @@ PORT ?= 11112
 AE_TITLE ?= CXR_NODE
 DATA_DIR ?= var
 DESTINATION ?=
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server
-SYSTEM_PACKAGES := dcmtk dicom3tools redis-server
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl
+SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl
 
 .PHONY: install run demo-model system-deps lint typecheck test bench clean
 
@@ -43,7 +43,7 @@ run: install demo-model
 
 system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
-		command -v $$tool >/dev/null 2>&1 || [ -x /usr/bin/$$tool ] || missing="$$missing $$tool"; \
+		command -v $$tool >/dev/null 2>&1 || [ -x /usr/bin/$$tool ] || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \

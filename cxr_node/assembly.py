@@ -2,7 +2,10 @@
 
 A study is assembled once no instance has arrived for ``study_quiet_seconds``. Every job is
 recorded in the ledger before it is sent, and sending twice is harmless (the worker claims a
-study atomically), so re-sending after a crash never loses or duplicates results.
+study atomically, a delivery task leases its destination, a notice is recorded once), so
+re-sending after a crash never loses or duplicates results. Delivery retries are scheduled in
+the ledger; the sweep here wakes a destination whose retry time has come even when the
+queue's own delayed message died with a worker.
 """
 
 from __future__ import annotations
@@ -20,21 +23,30 @@ from cxr_node.spool import log_ref
 log = logging.getLogger(__name__)
 
 RESEND_QUEUED_AFTER_SECONDS = 300.0
-RESEND_DELIVERY_AFTER_SECONDS = 600.0
 RECOVERY_INTERVAL_SECONDS = 30.0
+SWEEP_INTERVAL_SECONDS = 5.0
+RESUBMIT_AFTER_SECONDS = 30.0
 
 
 class StudyAssembler:
     """Runs in the serve process: quiet studies to jobs, lost jobs back to the queue."""
 
     def __init__(
-        self, ledger: Ledger, queue: JobQueue, quiet_seconds: float, owns_all_workers: bool
+        self,
+        ledger: Ledger,
+        queue: JobQueue,
+        quiet_seconds: float,
+        owns_all_workers: bool,
+        not_analysed_report: bool = True,
     ) -> None:
         self._ledger = ledger
         self._owns_all_workers = owns_all_workers
         self._queue = queue
         self._quiet_seconds = quiet_seconds
+        self._not_analysed_report = not_analysed_report
         self._last_recovery = 0.0
+        self._last_sweep = 0.0
+        self._submitted: dict[str, float] = {}
 
     def assemble_ready(self) -> int:
         """Enqueue (or refuse with a reason) every study that has gone quiet; return how many."""
@@ -57,12 +69,31 @@ class StudyAssembler:
                 continue  # a worker finished or took it meanwhile
             log.info("re-sending study %s (was %s)", log_ref(study.study_key), study.state)
             self._queue.submit_analysis(self._job(study.study_key))
-        for study_key in self._ledger.undelivered_studies(
-            0.0 if at_start else RESEND_DELIVERY_AFTER_SECONDS
-        ):
-            self._ledger.touch_deliveries(study_key)
-            self._queue.submit_delivery(study_key)
+        if at_start and self._owns_all_workers:
+            self._ledger.release_all_destination_leases()
+            self._submitted.clear()
         self._last_recovery = time.monotonic()
+        self.sweep()
+
+    def sweep(self) -> None:
+        """Wake destinations whose retry time has come; ask for missing "not analysed" SRs.
+
+        Each is re-sent at most every RESUBMIT_AFTER_SECONDS while its task may be queued.
+        """
+        now = time.monotonic()
+        self._submitted = {
+            k: t for k, t in self._submitted.items() if now - t < RESUBMIT_AFTER_SECONDS
+        }
+        for name in self._ledger.destinations_due():
+            if f"deliver:{name}" not in self._submitted:
+                self._submitted[f"deliver:{name}"] = now
+                self._queue.submit_delivery(name)
+        if self._not_analysed_report:
+            for study_key in self._ledger.studies_needing_notice():
+                if f"notice:{study_key}" not in self._submitted:
+                    self._submitted[f"notice:{study_key}"] = now
+                    self._queue.submit_notice(study_key)
+        self._last_sweep = now
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.1) -> None:
         """Loop until ``stop`` is set; errors are logged and the loop goes on."""
@@ -71,6 +102,8 @@ class StudyAssembler:
                 self.assemble_ready()
                 if time.monotonic() - self._last_recovery > RECOVERY_INTERVAL_SECONDS:
                     self.recover(at_start=False)
+                elif time.monotonic() - self._last_sweep > SWEEP_INTERVAL_SECONDS:
+                    self.sweep()
             except Exception as exc:
                 log.error(
                     "study assembly failed this round (%s); retrying", describe_exception(exc)
@@ -86,6 +119,9 @@ class StudyAssembler:
             texts = sorted({i.reason or "" for i in refused})
             self._ledger.mark_not_eligible(study_key, ",".join(reasons), "; ".join(texts))
             log.info("study %s not analysed: %s", log_ref(study_key), ",".join(reasons))
+            if self._not_analysed_report:
+                self._submitted[f"notice:{study_key}"] = time.monotonic()
+                self._queue.submit_notice(study_key)
             return
         if not self._ledger.mark_queued(study_key, expect=StudyState.RECEIVED):
             return

@@ -48,6 +48,19 @@ def _parser() -> argparse.ArgumentParser:
     worker = commands.add_parser("worker", help="run an analysis worker (the GPU side)")
     _common(worker)
     worker.add_argument("--broker", dest="broker_url")
+    worker.add_argument(
+        "--destination",
+        action="append",
+        dest="destinations",
+        metavar="AE@HOST:PORT",
+        help="where results go (repeatable); the same destinations as serve's",
+    )
+    worker.add_argument(
+        "--role",
+        choices=["all", "analysis", "delivery"],
+        default="all",
+        help="analysis (models, GPU), delivery (C-STORE to destinations), or both (default)",
+    )
     worker.add_argument("--exit-with-parent", type=int, metavar="PID", help=argparse.SUPPRESS)
 
     analyze = commands.add_parser("analyze", help="analyse files offline, no network")
@@ -135,7 +148,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             exit_with_parent(args.exit_with_parent)
         from workers.worker import run_worker  # imports torch: worker side only
 
-        return run_worker(settings)
+        return run_worker(settings, args.role)
     if args.command == "analyze":
         from workers.offline import analyze_files
 
@@ -210,8 +223,13 @@ def _print_studies(settings: Settings, last: int, as_json: bool) -> int:
                         "reason": row.reason,
                         "updated_at": row.updated_at,
                         "deliveries": {
-                            dest: {"state": s, "attempts": n, "last_error": e}
-                            for dest, (s, n, e) in ledger.deliveries_of(row.study_key).items()
+                            name: {
+                                "state": d.state.value,
+                                "attempts": d.attempts,
+                                "last_error": d.last_error,
+                                "next_attempt_at": d.next_attempt_at,
+                            }
+                            for name, d in ledger.deliveries_of(row.study_key).items()
                         },
                     }
                     for row in rows

@@ -1,8 +1,9 @@
-"""The embedded default: ``serve`` starts and supervises one local worker process.
+"""The embedded default: ``serve`` starts and supervises its local worker processes.
 
-The worker is a separate process (so the edge never imports torch), started with the same
-effective settings and tied to the parent's life (Linux PR_SET_PDEATHSIG): if ``serve`` is
-killed, the worker goes too, and the ledger lets the next start resume.
+Each worker (analysis, delivery) is a separate process (so the edge never imports torch),
+started with the same effective settings and tied to the parent's life (Linux
+PR_SET_PDEATHSIG): if ``serve`` is killed, the workers go too, and the ledger lets the next
+start resume.
 """
 
 from __future__ import annotations
@@ -40,28 +41,31 @@ def exit_with_parent(parent_pid: int) -> None:
         raise SystemExit("cxr-node: the serve process that started this worker is gone")
 
 
-def write_effective_settings(settings: Settings, folder: Path) -> Path:
-    """Write the settings a child process must use, readable by the owner only."""
+def write_effective_settings(settings: Settings, folder: Path, role: str) -> Path:
+    """Write the settings a child process must use, readable by the owner only (atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "effective-settings.yaml"
+    path = folder / f"effective-settings-{role}.yaml"
     data = settings.model_dump(mode="json", exclude_none=True)
     if settings.broker_url is not None:
         data["broker_url"] = settings.broker_url.get_secret_value()
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as stream:
         yaml.safe_dump(data, stream)
+    os.replace(temporary, path)
     return path
 
 
 class WorkerSupervisor:
-    """Starts ``cxr-node worker`` and restarts it if it dies, until stopped."""
+    """Starts ``cxr-node worker --role ROLE`` and restarts it if it dies, until stopped."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._config = write_effective_settings(settings, settings.data_dir / "run")
+    def __init__(self, settings: Settings, role: str) -> None:
+        self.role = role
+        self._config = write_effective_settings(settings, settings.data_dir / "run", role)
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._supervise, name="worker-supervisor", daemon=True
+            target=self._supervise, name=f"{role}-worker-supervisor", daemon=True
         )
 
     def start(self) -> None:
@@ -83,7 +87,8 @@ class WorkerSupervisor:
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "cxr_node", "worker", "--config", str(self._config)]
-        return subprocess.Popen([*command, "--exit-with-parent", str(os.getpid())])
+        command += ["--role", self.role, "--exit-with-parent", str(os.getpid())]
+        return subprocess.Popen(command)
 
     def _supervise(self) -> None:
         backoff = 1.0
@@ -91,14 +96,14 @@ class WorkerSupervisor:
             try:
                 self._process = self._spawn()
             except OSError as exc:
-                log.error("cannot start the embedded worker (%s)", type(exc).__name__)
+                log.error("cannot start the %s worker (%s)", self.role, type(exc).__name__)
             else:
-                log.info("embedded worker started (pid %d)", self._process.pid)
+                log.info("%s worker started (pid %d)", self.role, self._process.pid)
                 while self._process.poll() is None and not self._stop.wait(0.5):
                     pass
                 if self._stop.is_set():
                     return
-                log.error("embedded worker exited with %s", self._process.returncode)
-            log.info("restarting the embedded worker in %.0f s", backoff)
+                log.error("%s worker exited with %s", self.role, self._process.returncode)
+            log.info("restarting the %s worker in %.0f s", self.role, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)

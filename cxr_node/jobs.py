@@ -11,17 +11,6 @@ from enum import StrEnum
 from pydantic import BaseModel, Field
 
 
-class Destination(BaseModel):
-    """A C-STORE SCP that receives our results (PS3.4 Annex B)."""
-
-    ae_title: str
-    host: str
-    port: int = Field(ge=1, le=65535)
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
-
-
 class InferenceJob(BaseModel):
     """One study to analyse: which spooled instances, and where the results go."""
 
@@ -30,7 +19,9 @@ class InferenceJob(BaseModel):
         description="Spool-relative paths of the eligible images when the study was assembled; "
         "the worker re-reads the ledger at claim time, which is authoritative"
     )
-    destinations: list[Destination] = Field(default_factory=list)
+    destinations: list[str] = Field(
+        default_factory=list, description="names of the destinations that receive the results"
+    )
 
 
 class CodedConcept(BaseModel):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,8 +19,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-
-from cxr_node.jobs import Destination
 
 
 class StudyState(StrEnum):
@@ -60,6 +59,7 @@ studies = sa.Table(
     sa.Column("lease_until", sa.Float),
     sa.Column("claimed_at", sa.Float),
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("notice_state", sa.String(20)),
 )
 
 instances = sa.Table(
@@ -96,6 +96,18 @@ deliveries = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, default=0),
     sa.Column("last_error", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float),
+    sa.Column("next_attempt_at", sa.Float),
+)
+
+destination_leases = sa.Table(
+    "destination_leases",
+    _metadata,
+    sa.Column("destination", sa.String(120), primary_key=True),
+    sa.Column("token", sa.String(40)),
+    sa.Column("lease_until", sa.Float),
+    sa.Column("failures", sa.Integer, nullable=False, default=0),
+    sa.Column("retry_at", sa.Float),
 )
 
 events = sa.Table(
@@ -118,10 +130,12 @@ class StudyRow:
     state: StudyState
     reason_code: str | None
     reason: str | None
-    destinations: list[Destination]
+    destinations: list[str]
     last_received_at: float
     updated_at: float
     attempts: int
+    calling_ae: str | None = None
+    notice_state: str | None = None
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,32 @@ class ResultRow:
     source_sop_instance_uid: str
     kind: str
     path: str
+
+
+@dataclass(frozen=True)
+class DeliveryRow:
+    """The delivery of one study's results to one destination."""
+
+    study_key: str
+    destination: str
+    state: DeliveryState
+    attempts: int
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float | None
+
+
+class NoticeState(StrEnum):
+    """Whether the "not analysed" SR of a study was written (or cannot be)."""
+
+    WRITTEN = "written"
+    IMPOSSIBLE = "impossible"
+
+
+def _destination_names(payload: str | None) -> list[str]:
+    """Destination names stored with a study (a ledger written before names held mappings)."""
+    items = json.loads(payload or "[]")
+    return [str(item["ae_title"]) if isinstance(item, dict) else str(item) for item in items]
 
 
 def _engine(url: str) -> Engine:
@@ -172,6 +212,20 @@ class Ledger:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         self._engine = _engine(url)
         _metadata.create_all(self._engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Columns added since a ledger was created (nullable, so ADD COLUMN suffices)."""
+        inspector = sa.inspect(self._engine)
+        with self._begin() as db:
+            for table in _metadata.sorted_tables:
+                present = {column["name"] for column in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present and column.nullable:
+                        kind = column.type.compile(self._engine.dialect)
+                        db.execute(
+                            sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                        )
 
     def close(self) -> None:
         """Release connections."""
@@ -197,7 +251,7 @@ class Ledger:
         reason_code: str | None,
         reason: str | None,
         calling_ae: str,
-        destinations: list[Destination],
+        destinations: list[str],
     ) -> bool:
         """Record a spooled instance; return False when the instance was already known."""
         now = time.time()
@@ -222,7 +276,7 @@ class Ledger:
                 study = db.execute(
                     sa.select(studies.c.state).where(studies.c.study_key == study_key)
                 ).first()
-                payload = json.dumps([d.model_dump() for d in destinations])
+                payload = json.dumps(list(destinations))
                 if study is None:
                     db.execute(
                         studies.insert().values(
@@ -246,7 +300,12 @@ class Ledger:
                         StudyState.FAILED,
                         StudyState.ANALYSED,
                     }:
-                        values.update(state=StudyState.RECEIVED, reason_code=None, reason=None)
+                        values.update(
+                            state=StudyState.RECEIVED,
+                            reason_code=None,
+                            reason=None,
+                            notice_state=None,
+                        )
                     db.execute(
                         studies.update().where(studies.c.study_key == study_key).values(**values)
                     )
@@ -314,34 +373,6 @@ class Ledger:
         with self._begin() as db:
             rows = db.execute(sa.select(studies).where(condition)).all()
         return [self._study_row(row) for row in rows]
-
-    def undelivered_studies(self, older_than: float) -> list[str]:
-        """ANALYSED studies with pending deliveries not touched for ``older_than`` seconds."""
-        cutoff = time.time() - older_than
-        with self._begin() as db:
-            rows = db.execute(
-                sa.select(deliveries.c.study_key)
-                .join(studies, studies.c.study_key == deliveries.c.study_key)
-                .where(
-                    studies.c.state == StudyState.ANALYSED,
-                    deliveries.c.state == DeliveryState.PENDING,
-                    deliveries.c.updated_at <= cutoff,
-                )
-                .distinct()
-            )
-            return [row[0] for row in rows]
-
-    def touch_deliveries(self, study_key: str) -> None:
-        """Note that a study's delivery was re-sent, so recovery does not resend it again soon."""
-        with self._begin() as db:
-            db.execute(
-                deliveries.update()
-                .where(
-                    deliveries.c.study_key == study_key,
-                    deliveries.c.state == DeliveryState.PENDING,
-                )
-                .values(updated_at=time.time())
-            )
 
     # --- analysis -----------------------------------------------------------------------------
 
@@ -437,52 +468,139 @@ class Ledger:
         self,
         study_key: str,
         produced: list[ResultRow],
-        destinations: list[Destination],
+        destinations: list[str],
         token: int | None = None,
     ) -> bool:
         """Results are on disk: store them, open a delivery per destination, state ANALYSED.
 
-        Without destinations the study rests in ANALYSED. Returns False (and writes nothing)
+        Without destinations the study rests in ANALYSED. A "not analysed" notice written
+        earlier is superseded (it is not delivered again). Returns False (and writes nothing)
         when ``token`` no longer owns the study.
         """
         now = time.time()
         with self._begin() as db:
             if self._finish_claim(db, study_key, token, StudyState.ANALYSED) is None:
                 return False
+            db.execute(
+                results.delete().where(results.c.study_key == study_key, results.c.kind == "notice")
+            )
             for row in produced:
-                db.execute(
-                    results.delete().where(
-                        results.c.study_key == study_key,
-                        results.c.sop_instance_uid == row.sop_instance_uid,
-                    )
-                )
-                db.execute(
-                    results.insert().values(
-                        study_key=study_key,
-                        sop_instance_uid=row.sop_instance_uid,
-                        source_sop_instance_uid=row.source_sop_instance_uid,
-                        kind=row.kind,
-                        path=row.path,
-                        created_at=now,
-                    )
-                )
-            for destination in destinations:
+                self._put_result(db, study_key, row, now)
+            for name in destinations:
                 db.execute(
                     deliveries.delete().where(
-                        deliveries.c.study_key == study_key,
-                        deliveries.c.destination == str(destination),
+                        deliveries.c.study_key == study_key, deliveries.c.destination == name
                     )
                 )
-                db.execute(
-                    deliveries.insert().values(
-                        study_key=study_key,
-                        destination=str(destination),
-                        state=DeliveryState.PENDING,
-                        attempts=0,
-                        updated_at=now,
-                    )
-                )
+                self._open_delivery(db, study_key, name, now)
         return True
+
+    @staticmethod
+    def _put_result(db: Connection, study_key: str, row: ResultRow, now: float) -> None:
+        db.execute(
+            results.delete().where(
+                results.c.study_key == study_key,
+                results.c.sop_instance_uid == row.sop_instance_uid,
+            )
+        )
+        db.execute(
+            results.insert().values(
+                study_key=study_key,
+                sop_instance_uid=row.sop_instance_uid,
+                source_sop_instance_uid=row.source_sop_instance_uid,
+                kind=row.kind,
+                path=row.path,
+                created_at=now,
+            )
+        )
+
+    @staticmethod
+    def _open_delivery(db: Connection, study_key: str, destination: str, now: float) -> None:
+        """A new pending delivery; to a destination in backoff, due when its backoff ends."""
+        retry_at = db.execute(
+            sa.select(destination_leases.c.retry_at).where(
+                destination_leases.c.destination == destination
+            )
+        ).scalar()
+        db.execute(
+            deliveries.insert().values(
+                study_key=study_key,
+                destination=destination,
+                state=DeliveryState.PENDING,
+                attempts=0,
+                updated_at=now,
+                created_at=now,
+                next_attempt_at=max(now, retry_at or now),
+            )
+        )
+
+    # --- "not analysed" notices ---------------------------------------------------------------
+
+    def studies_needing_notice(self) -> list[str]:
+        """Studies not analysed (not eligible, or failed before any result) with destinations,
+        whose "not analysed" SR is not written yet."""
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(studies.c.study_key).where(
+                    studies.c.state.in_([StudyState.NOT_ELIGIBLE, StudyState.FAILED]),
+                    sa.or_(
+                        studies.c.reason_code.is_(None),
+                        studies.c.reason_code != "DELIVERY_FAILED",
+                    ),
+                    studies.c.notice_state.is_(None),
+                    studies.c.destinations != "[]",
+                )
+            )
+            return [row.study_key for row in rows]
+
+    def record_notice(self, study_key: str, row: ResultRow) -> bool:
+        """The "not analysed" SR is on disk: record it and open its deliveries.
+
+        Only while the study is still not analysed and has no notice; returns whether it did.
+        """
+        now = time.time()
+        with self._begin() as db:
+            study = db.execute(
+                sa.select(studies.c.state, studies.c.notice_state, studies.c.destinations).where(
+                    studies.c.study_key == study_key
+                )
+            ).first()
+            if (
+                study is None
+                or study.notice_state is not None
+                or study.state not in {StudyState.NOT_ELIGIBLE, StudyState.FAILED}
+            ):
+                return False
+            self._put_result(db, study_key, row, now)
+            for name in json.loads(study.destinations or "[]"):
+                exists = db.execute(
+                    sa.select(deliveries.c.state).where(
+                        deliveries.c.study_key == study_key, deliveries.c.destination == name
+                    )
+                ).first()
+                if exists is None:
+                    self._open_delivery(db, study_key, name, now)
+            db.execute(
+                studies.update()
+                .where(studies.c.study_key == study_key)
+                .values(notice_state=NoticeState.WRITTEN)
+            )
+            self._event(db, study_key, StudyState(study.state), "not-analysed notice written")
+        return True
+
+    def mark_notice_impossible(self, study_key: str, detail: str) -> None:
+        """No notice can be written (no readable instance, say); do not try again."""
+        with self._begin() as db:
+            db.execute(
+                studies.update()
+                .where(studies.c.study_key == study_key, studies.c.notice_state.is_(None))
+                .values(notice_state=NoticeState.IMPOSSIBLE)
+            )
+            row = db.execute(
+                sa.select(studies.c.state).where(studies.c.study_key == study_key)
+            ).first()
+            if row is not None:
+                self._event(db, study_key, StudyState(row.state), f"no notice: {detail}")
 
     def mark_failed(
         self, study_key: str, reason_code: str, reason: str, token: int | None = None
@@ -515,22 +633,193 @@ class Ledger:
         return bool(released)
 
     # --- delivery -----------------------------------------------------------------------------
+    #
+    # One delivery task per destination at a time (a lease in the ledger): it sends every due
+    # study over one association, so a dead destination holds up nothing but itself.
 
-    def pending_deliveries(self, study_key: str) -> list[str]:
-        """Destinations (``AE@HOST:PORT``) that still wait for this study's results."""
+    def acquire_destination(self, destination: str, lease_seconds: float) -> str | None:
+        """Take the right to deliver to ``destination`` for a while; None when another has it."""
+        now = time.time()
+        token = uuid.uuid4().hex
+        with self._begin() as db:
+            known = db.execute(
+                sa.select(destination_leases.c.token).where(
+                    destination_leases.c.destination == destination
+                )
+            ).first()
+            if known is None:
+                try:
+                    with db.begin_nested():
+                        db.execute(
+                            destination_leases.insert().values(
+                                destination=destination,
+                                token=token,
+                                lease_until=now + lease_seconds,
+                                failures=0,
+                            )
+                        )
+                    return token
+                except sa.exc.IntegrityError:
+                    pass  # another worker created it just now; try to take it below
+            taken = db.execute(
+                destination_leases.update()
+                .where(
+                    destination_leases.c.destination == destination,
+                    sa.or_(
+                        destination_leases.c.lease_until.is_(None),
+                        destination_leases.c.lease_until < now,
+                    ),
+                )
+                .values(token=token, lease_until=now + lease_seconds)
+            ).rowcount
+        return token if taken else None
+
+    def renew_destination(self, destination: str, token: str, lease_seconds: float) -> bool:
+        """Extend a lease the caller holds; False when it was lost."""
+        with self._begin() as db:
+            return bool(
+                db.execute(
+                    destination_leases.update()
+                    .where(
+                        destination_leases.c.destination == destination,
+                        destination_leases.c.token == token,
+                    )
+                    .values(lease_until=time.time() + lease_seconds)
+                ).rowcount
+            )
+
+    def release_destination(self, destination: str, token: str) -> None:
+        """Give the lease back."""
+        with self._begin() as db:
+            db.execute(
+                destination_leases.update()
+                .where(
+                    destination_leases.c.destination == destination,
+                    destination_leases.c.token == token,
+                )
+                .values(token=None, lease_until=None)
+            )
+
+    def release_all_destination_leases(self) -> None:
+        """At start, when this process owns every worker: no lease can be held any more."""
+        with self._begin() as db:
+            db.execute(destination_leases.update().values(token=None, lease_until=None))
+
+    def note_destination_outcome(self, destination: str, *, reachable: bool) -> int:
+        """Count consecutive failures to reach a destination; returns the count now."""
+        with self._begin() as db:
+            values: dict[str, Any] = (
+                {"failures": 0, "retry_at": None}
+                if reachable
+                else {"failures": destination_leases.c.failures + 1}
+            )
+            db.execute(
+                destination_leases.update()
+                .where(destination_leases.c.destination == destination)
+                .values(**values)
+            )
+            failures = db.execute(
+                sa.select(destination_leases.c.failures).where(
+                    destination_leases.c.destination == destination
+                )
+            ).scalar()
+        return int(failures or 0)
+
+    def defer_destination(self, destination: str, until: float, error: str) -> None:
+        """The destination cannot be reached: its pending deliveries (and new ones) wait."""
+        with self._begin() as db:
+            db.execute(
+                destination_leases.update()
+                .where(destination_leases.c.destination == destination)
+                .values(retry_at=until)
+            )
+            db.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.destination == destination,
+                    deliveries.c.state == DeliveryState.PENDING,
+                    sa.or_(
+                        deliveries.c.next_attempt_at.is_(None),
+                        deliveries.c.next_attempt_at < until,
+                    ),
+                )
+                .values(next_attempt_at=until, last_error=error, updated_at=time.time())
+            )
+
+    def due_deliveries(self, destination: str, limit: int = 50) -> list[DeliveryRow]:
+        """Pending deliveries to ``destination`` whose time has come, oldest first."""
+        now = time.time()
         with self._begin() as db:
             rows = db.execute(
-                sa.select(deliveries.c.destination).where(
-                    deliveries.c.study_key == study_key,
+                sa.select(deliveries)
+                .where(
+                    deliveries.c.destination == destination,
+                    deliveries.c.state == DeliveryState.PENDING,
+                    sa.or_(
+                        deliveries.c.next_attempt_at.is_(None),
+                        deliveries.c.next_attempt_at <= now,
+                    ),
+                )
+                .order_by(deliveries.c.next_attempt_at, deliveries.c.created_at)
+                .limit(limit)
+            ).all()
+        return [self._delivery_row(row) for row in rows]
+
+    def next_delivery_at(self, destination: str) -> float | None:
+        """When the next pending delivery to ``destination`` is due (epoch seconds), or None."""
+        with self._begin() as db:
+            value = db.execute(
+                sa.select(sa.func.min(deliveries.c.next_attempt_at)).where(
+                    deliveries.c.destination == destination,
                     deliveries.c.state == DeliveryState.PENDING,
                 )
+            ).scalar()
+        return float(value) if value is not None else None
+
+    def destinations_due(self) -> list[str]:
+        """Destinations with due deliveries that no delivery task holds (recovery re-sends)."""
+        now = time.time()
+        with self._begin() as db:
+            held = sa.select(destination_leases.c.destination).where(
+                destination_leases.c.lease_until >= now
             )
-            return [row[0] for row in rows]
+            rows = db.execute(
+                sa.select(deliveries.c.destination)
+                .where(
+                    deliveries.c.state == DeliveryState.PENDING,
+                    sa.or_(
+                        deliveries.c.next_attempt_at.is_(None),
+                        deliveries.c.next_attempt_at <= now,
+                    ),
+                    deliveries.c.destination.not_in(held),
+                )
+                .distinct()
+            )
+            return sorted(row[0] for row in rows)
+
+    def pending_destinations(self) -> list[str]:
+        """Every destination that some pending delivery names."""
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(deliveries.c.destination)
+                .where(deliveries.c.state == DeliveryState.PENDING)
+                .distinct()
+            )
+            return sorted(row[0] for row in rows)
 
     def record_delivery(
-        self, study_key: str, destination: str, state: DeliveryState, error: str | None = None
+        self,
+        study_key: str,
+        destination: str,
+        state: DeliveryState,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
     ) -> None:
-        """One delivery attempt's outcome; the study becomes DELIVERED when none is pending."""
+        """One delivery attempt's outcome; the study becomes DELIVERED when none is pending.
+
+        A PENDING outcome (a transient failure) says when to try again. Only an ANALYSED study
+        changes state: a "not analysed" notice's delivery leaves its study's reason alone.
+        """
         now = time.time()
         with self._begin() as db:
             db.execute(
@@ -541,6 +830,7 @@ class Ledger:
                     attempts=deliveries.c.attempts + 1,
                     last_error=error,
                     updated_at=now,
+                    next_attempt_at=next_attempt_at if state == DeliveryState.PENDING else None,
                 )
             )
             remaining = db.execute(
@@ -621,13 +911,13 @@ class Ledger:
             for row in rows
         ]
 
-    def deliveries_of(self, study_key: str) -> dict[str, tuple[str, int, str | None]]:
-        """Destination -> (state, attempts, last error) for one study."""
+    def deliveries_of(self, study_key: str) -> dict[str, DeliveryRow]:
+        """Destination name -> its delivery, for one study."""
         with self._begin() as db:
             rows = db.execute(
                 sa.select(deliveries).where(deliveries.c.study_key == study_key)
             ).all()
-        return {row.destination: (row.state, row.attempts, row.last_error) for row in rows}
+        return {row.destination: self._delivery_row(row) for row in rows}
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -664,6 +954,18 @@ class Ledger:
         )
 
     @staticmethod
+    def _delivery_row(row: Any) -> DeliveryRow:
+        return DeliveryRow(
+            study_key=row.study_key,
+            destination=row.destination,
+            state=DeliveryState(row.state),
+            attempts=row.attempts,
+            last_error=row.last_error,
+            created_at=row.created_at if row.created_at is not None else row.updated_at,
+            next_attempt_at=row.next_attempt_at,
+        )
+
+    @staticmethod
     def _study_row(row: Any) -> StudyRow:
         return StudyRow(
             study_key=row.study_key,
@@ -671,8 +973,10 @@ class Ledger:
             state=StudyState(row.state),
             reason_code=row.reason_code,
             reason=row.reason,
-            destinations=[Destination(**item) for item in json.loads(row.destinations or "[]")],
+            destinations=_destination_names(row.destinations),
             last_received_at=row.last_received_at,
             updated_at=row.updated_at,
             attempts=row.attempts,
+            calling_ae=row.calling_ae,
+            notice_state=row.notice_state,
         )

@@ -14,7 +14,8 @@ from cxr_node.jobs import InferenceJob
 from cxr_node.settings import Settings
 
 ANALYZE_TASK = "cxr_node.analyze_study"
-DELIVER_TASK = "cxr_node.deliver_results"
+DELIVER_TASK = "cxr_node.deliver_to"
+NOTICE_TASK = "cxr_node.report_not_analysed"
 ANALYSIS_QUEUE = "analysis"
 DELIVERY_QUEUE = "delivery"
 
@@ -52,6 +53,7 @@ def make_celery(settings: Settings) -> Celery:
         task_routes={
             ANALYZE_TASK: {"queue": ANALYSIS_QUEUE},
             DELIVER_TASK: {"queue": DELIVERY_QUEUE},
+            NOTICE_TASK: {"queue": DELIVERY_QUEUE},
         },
         task_default_queue=ANALYSIS_QUEUE,
         enable_utc=True,
@@ -74,11 +76,15 @@ class JobQueue:
             countdown=countdown or None,
         )
 
-    def submit_delivery(self, study_key: str, countdown: float = 0.0) -> None:
-        """Ask a worker to (re)send a study's results to its pending destinations."""
+    def submit_delivery(self, destination: str, countdown: float = 0.0) -> None:
+        """Ask a delivery worker to send every due result to one destination (by name)."""
         self.app.send_task(
-            DELIVER_TASK, args=[study_key], queue=DELIVERY_QUEUE, countdown=countdown or None
+            DELIVER_TASK, args=[destination], queue=DELIVERY_QUEUE, countdown=countdown or None
         )
+
+    def submit_notice(self, study_key: str) -> None:
+        """Ask a delivery worker to write (and send) the "not analysed" SR of a study."""
+        self.app.send_task(NOTICE_TASK, args=[study_key], queue=DELIVERY_QUEUE)
 
     def check_broker(self, timeout: float = 5.0) -> None:
         """Raise when the broker cannot be reached."""

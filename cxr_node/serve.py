@@ -8,10 +8,10 @@ import threading
 from types import FrameType
 
 from cxr_node.assembly import StudyAssembler
+from cxr_node.destinations import Router
 from cxr_node.dicom.handlers import StoreHandler
 from cxr_node.dicom.scp import start_server
 from cxr_node.embedded import WorkerSupervisor
-from cxr_node.jobs import Destination
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
 from cxr_node.settings import Settings
@@ -27,20 +27,27 @@ def serve(settings: Settings) -> None:
     spool = Spool(settings.spool_path)
     ledger = Ledger(settings.ledger)
     queue = JobQueue(settings)
-    destinations = list(settings.destinations)
+    router = Router(settings.destinations, settings.sources, settings.default_destinations)
 
-    def route(_calling_ae: str) -> list[Destination]:
-        return destinations
-
-    supervisor = WorkerSupervisor(settings) if settings.embedded_queue else None
-    if supervisor is not None:
+    supervisors = (
+        [WorkerSupervisor(settings, role) for role in ("analysis", "delivery")]
+        if settings.embedded_queue
+        else []
+    )
+    for supervisor in supervisors:
         supervisor.start()
     assembler = StudyAssembler(
-        ledger, queue, settings.study_quiet_seconds, owns_all_workers=settings.embedded_queue
+        ledger,
+        queue,
+        settings.study_quiet_seconds,
+        owns_all_workers=settings.embedded_queue,
+        not_analysed_report=settings.not_analysed_report,
     )
     assembler.recover(at_start=True)
 
-    handler = StoreHandler(spool, ledger, route, min_free_bytes=MIN_FREE_SPOOL_BYTES)
+    handler = StoreHandler(
+        spool, ledger, router.destinations_for, min_free_bytes=MIN_FREE_SPOOL_BYTES
+    )
     server = start_server(settings, handler)
     stop = threading.Event()
 
@@ -57,13 +64,13 @@ def serve(settings: Settings) -> None:
         settings.bind_address,
         settings.port,
         mode,
-        ", ".join(str(d) for d in destinations) or "no destination",
+        ", ".join(f"{d.name} ({d})" for d in settings.destinations) or "no destination",
     )
     try:
         assembler.run(stop)
     finally:
         server.shutdown()
-        if supervisor is not None:
+        for supervisor in supervisors:
             supervisor.stop()
         ledger.close()
         log.info("stopped")

@@ -6,7 +6,6 @@ Environment variables are prefixed ``CXR_NODE_`` (nested keys joined with ``__``
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,30 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from cxr_node.destinations import Destination, SourceRule, validate_ae_title
 from cxr_node.errors import ConfigurationError
-from cxr_node.jobs import Destination
-
-_DESTINATION_PATTERN = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
-
-
-def validate_ae_title(value: str) -> str:
-    """An AE title is 1-16 characters of the default repertoire, no backslash (PS3.5 6.2, AE VR)."""
-    stripped = value.strip()
-    if not stripped or len(value) > 16 or "\\" in value or not value.isascii():
-        raise ValueError("an AE title is 1 to 16 ASCII characters, not all spaces, no backslash")
-    if any(ord(ch) < 32 for ch in value):
-        raise ValueError("an AE title may not contain control characters")
-    return stripped
-
-
-def parse_destination(value: str) -> Destination:
-    """Parse ``AE@HOST:PORT`` into a :class:`Destination`."""
-    match = _DESTINATION_PATTERN.match(value.strip())
-    if not match:
-        raise ValueError(f"destination {value!r} is not of the form AE@HOST:PORT")
-    return Destination(
-        ae_title=validate_ae_title(match["ae"]), host=match["host"], port=int(match["port"])
-    )
 
 
 class EnsembleMember(BaseModel):
@@ -70,7 +47,30 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = Field(
         default=None, description="redis://... ; unset means the embedded queue"
     )
-    destinations: Annotated[list[Destination], NoDecode] = Field(default_factory=list)
+    destinations: Annotated[list[Destination], NoDecode] = Field(
+        default_factory=list, description="AE@HOST:PORT, or mappings with name, tls ..."
+    )
+    sources: list[SourceRule] = Field(
+        default_factory=list, description="known senders and where their results go"
+    )
+    default_destinations: list[str] | None = Field(
+        default=None, description="destinations for senders without a rule; unset: all"
+    )
+    delivery_timeout_seconds: float = Field(default=30.0, gt=0.0, le=600.0)
+    delivery_retry_initial_seconds: float = Field(default=2.0, gt=0.0, le=3600.0)
+    delivery_retry_max_seconds: float = Field(default=300.0, gt=0.0, le=86400.0)
+    delivery_give_up_after_seconds: float = Field(
+        default=86400.0, gt=0.0, description="a destination down longer than this gets FAILED"
+    )
+    delivery_concurrency: int = Field(
+        default=4, ge=1, le=64, description="destinations served at once by a delivery worker"
+    )
+    association_idle_seconds: float = Field(
+        default=10.0, ge=0.0, le=600.0, description="keep a delivery association open this long"
+    )
+    not_analysed_report: bool = Field(
+        default=True, description="send an SR saying the AI did not analyse a study, and why"
+    )
     study_quiet_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
     ensemble: list[EnsembleMember] = Field(
         default_factory=list, description="Empty: every bundle found in models_dir, weight 1"
@@ -103,8 +103,27 @@ class Settings(BaseSettings):
             else:
                 value = [part for part in text.split(",") if part.strip()]
         if isinstance(value, list):
-            return [parse_destination(v) if isinstance(v, str) else v for v in value]
+            return [v.strip() if isinstance(v, str) else v for v in value]
         return value
+
+    @model_validator(mode="after")
+    def _check_routes(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"destination names must be unique ({', '.join(duplicates)}): give each a name"
+            )
+        referenced = [n for rule in self.sources for n in rule.destinations]
+        referenced += self.default_destinations or []
+        unknown = sorted(set(referenced) - set(names))
+        if unknown:
+            raise ValueError(f"routes name unknown destinations: {', '.join(unknown)}")
+        return self
+
+    def destination(self, name: str) -> Destination | None:
+        """The configured destination called ``name``, or None."""
+        return next((d for d in self.destinations if d.name == name), None)
 
     @field_validator("broker_url")
     @classmethod

@@ -9,17 +9,22 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from workers.analysis import AnalysedImage
+from workers.encode.notice import build_not_analysed_report, node_device
 from workers.encode.sc import build_heatmap_sc
 from workers.encode.sr import build_measurement_report
 from workers.pixels import to_uint8
 
+if TYPE_CHECKING:
+    from workers.analysis import AnalysedImage
+
 SR_SERIES_NUMBER = 9901
 SC_SERIES_NUMBER = 9902
+NOTICE_SERIES_NUMBER = 9903
 
 
 def _uid(*parts: str) -> str:
@@ -48,6 +53,21 @@ def encode_results(source: Dataset, analysed: AnalysedImage) -> list[tuple[str, 
         series_number=SC_SERIES_NUMBER,
     )
     return [("sr", report), ("sc", heatmap)]
+
+
+def encode_notice(sources: list[Dataset], reason_code: str, reason: str) -> Dataset:
+    """The "not analysed" SR of a study; the same study, instances and reason give the same UIDs."""
+    study_uid = str(sources[0].StudyInstanceUID)
+    device_uid = node_device().device_uid
+    instance_uids = sorted(str(source.SOPInstanceUID) for source in sources)
+    return build_not_analysed_report(
+        sources,
+        reason_code=reason_code,
+        reason=reason,
+        series_instance_uid=_uid(study_uid, device_uid, "notice-series"),
+        sop_instance_uid=_uid(study_uid, device_uid, reason_code, *instance_uids),
+        series_number=NOTICE_SERIES_NUMBER,
+    )
 
 
 def to_bytes(dataset: Dataset) -> bytes:

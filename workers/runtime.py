@@ -1,14 +1,22 @@
-"""Per-process worker state: settings, ledger, spool, queue and the warm models."""
+"""Per-process worker state: settings, ledger, spool, queue, and the role's own resources.
+
+An analysis worker holds the warm models; a delivery worker holds the association pool and
+never imports torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from cxr_node.dicom.scu import AssociationPool
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
-from workers.analysis import Analyzer
+
+if TYPE_CHECKING:
+    from workers.analysis import Analyzer
 
 
 @dataclass
@@ -19,21 +27,43 @@ class WorkerContext:
     ledger: Ledger
     spool: Spool
     queue: JobQueue
-    analyzer: Analyzer
+    analyzer_instance: Analyzer | None = None
+    pool_instance: AssociationPool | None = None
+
+    @property
+    def analyzer(self) -> Analyzer:
+        """The warm models (analysis workers only)."""
+        if self.analyzer_instance is None:
+            raise RuntimeError("this worker has no models: it is not an analysis worker")
+        return self.analyzer_instance
+
+    @property
+    def pool(self) -> AssociationPool:
+        """Open associations to destinations (delivery workers only)."""
+        if self.pool_instance is None:
+            raise RuntimeError("this worker has no association pool: it is not a delivery worker")
+        return self.pool_instance
 
 
 _context: WorkerContext | None = None
 
 
-def configure(settings: Settings, queue: JobQueue) -> WorkerContext:
-    """Build the context (loads the models: they stay warm for the process's life)."""
+def configure(
+    settings: Settings,
+    queue: JobQueue,
+    *,
+    analyzer: Analyzer | None = None,
+    pool: AssociationPool | None = None,
+) -> WorkerContext:
+    """Build this process's context once, at worker start."""
     global _context
     _context = WorkerContext(
         settings=settings,
         ledger=Ledger(settings.ledger),
         spool=Spool(settings.spool_path),
         queue=queue,
-        analyzer=Analyzer(settings),
+        analyzer_instance=analyzer,
+        pool_instance=pool,
     )
     return _context
 

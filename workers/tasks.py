@@ -1,28 +1,25 @@
-"""Celery tasks: analyse a study, then deliver its results. Errors decide retry or failure.
+"""Celery task: analyse a study, write its SR + SC, then hand it to delivery.
 
-A permanent problem (undecodable pixels, a destination that rejects us) is recorded with its
-reason and never retried; a transient one (destination down, disk full, database busy) backs
-off. Log lines carry exception types and places, never their messages (which may quote header
+A permanent problem (undecodable pixels) is recorded with its reason and never retried (and,
+when configured, a "not analysed" SR says so); a transient one (disk full, database busy)
+backs off. Log lines carry exception types and places, never their messages (which may quote header
 values).
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from celery import Task, shared_task
 from pydicom import dcmread
 
-from cxr_node.dicom.scu import DeliveryRejected, send_files
 from cxr_node.errors import RejectedInput, TransientError
-from cxr_node.jobs import Destination, InferenceJob
-from cxr_node.ledger import DeliveryState, ResultRow
+from cxr_node.jobs import InferenceJob
+from cxr_node.ledger import ResultRow
 from cxr_node.logs import describe_exception
-from cxr_node.queue import ANALYZE_TASK, DELIVER_TASK
-from cxr_node.settings import parse_destination
+from cxr_node.queue import ANALYZE_TASK
 from cxr_node.spool import log_ref
 from workers.results import encode_results, to_bytes
 from workers.runtime import WorkerContext, context
@@ -32,8 +29,6 @@ log = logging.getLogger(__name__)
 ANALYSIS_LEASE_SECONDS = 600.0
 MAX_ANALYSIS_ATTEMPTS = 3
 TRANSIENT_ANALYSIS_RETRY_SECONDS = 30.0
-MAX_DELIVERY_ATTEMPTS = 12
-MAX_BACKOFF_SECONDS = 300.0
 
 TRANSIENT_ANALYSIS_ERRORS: tuple[type[BaseException], ...] = (
     TransientError,
@@ -41,11 +36,6 @@ TRANSIENT_ANALYSIS_ERRORS: tuple[type[BaseException], ...] = (
     sa.exc.OperationalError,  # database locked or unreachable
     MemoryError,
 )
-
-
-def backoff_seconds(attempt: int) -> float:
-    """Exponential backoff: 2, 4, 8 ... seconds, at most five minutes."""
-    return float(min(2 ** max(attempt, 1), MAX_BACKOFF_SECONDS))
 
 
 @shared_task(name=ANALYZE_TASK, bind=True, acks_late=True)
@@ -71,20 +61,28 @@ def analyze_study(self: Task, job_payload: dict[str, Any]) -> None:
             ctx.queue.submit_analysis(job, countdown=TRANSIENT_ANALYSIS_RETRY_SECONDS)
         return
     except Exception as exc:
-        ctx.ledger.mark_failed(job.study_key, "INTERNAL_ERROR", type(exc).__name__, token)
+        if ctx.ledger.mark_failed(job.study_key, "INTERNAL_ERROR", type(exc).__name__, token):
+            _ask_for_notice(ctx, job.study_key)
         log.error("study %s failed with an internal error: %s", ref, describe_exception(exc))
         return
     if not produced:
         first = refusals[0] if refusals else RejectedInput("NO_IMAGES", "no image to analyse")
-        ctx.ledger.mark_failed(job.study_key, first.reason_code, first.reason, token)
+        if ctx.ledger.mark_failed(job.study_key, first.reason_code, first.reason, token):
+            _ask_for_notice(ctx, job.study_key)
         log.info("study %s failed: %s", ref, first.reason_code)
         return
     if not ctx.ledger.record_results(job.study_key, produced, job.destinations, token):
         log.warning("study %s: lease lost to another worker; results not recorded", ref)
         return
     log.info("study %s analysed: %d result objects", ref, len(produced))
-    if job.destinations:
-        ctx.queue.submit_delivery(job.study_key)
+    for destination in job.destinations:
+        ctx.queue.submit_delivery(destination)
+
+
+def _ask_for_notice(ctx: WorkerContext, study_key: str) -> None:
+    """A study failed: its "not analysed" SR is written by a delivery worker (if configured)."""
+    if ctx.settings.not_analysed_report:
+        ctx.queue.submit_notice(study_key)
 
 
 def _analyse_study(
@@ -123,48 +121,3 @@ def _analyse_instance(ctx: WorkerContext, relative_path: str) -> list[ResultRow]
             )
         )
     return rows
-
-
-@shared_task(name=DELIVER_TASK, bind=True, acks_late=True, max_retries=None)
-def deliver_results(self: Task, study_key: str) -> None:
-    """Send a study's results to each pending destination; retry only the transient failures.
-
-    Each destination is tried independently: one failing (in any way) never stops the others.
-    """
-    ctx = context()
-    files = [ctx.spool.resolve(row.path) for row in ctx.ledger.results_of(study_key)]
-    retry_in: float | None = None
-    for destination_text, (state, attempts, _error) in ctx.ledger.deliveries_of(study_key).items():
-        if state != DeliveryState.PENDING:
-            continue
-        wait = _deliver_one(ctx, study_key, destination_text, files, attempts + 1)
-        if wait is not None:
-            retry_in = wait if retry_in is None else min(retry_in, wait)
-    if retry_in is not None:
-        ctx.queue.submit_delivery(study_key, countdown=retry_in)
-
-
-def _deliver_one(
-    ctx: WorkerContext, study_key: str, destination_text: str, files: list[Path], attempts: int
-) -> float | None:
-    """One destination, one attempt; returns seconds until the next attempt, or None."""
-    try:
-        destination: Destination = parse_destination(destination_text)
-        send_files(destination, files, ctx.settings.ae_title)
-    except TransientError as exc:
-        final = attempts >= MAX_DELIVERY_ATTEMPTS
-        state = DeliveryState.FAILED if final else DeliveryState.PENDING
-        ctx.ledger.record_delivery(study_key, destination_text, state, str(exc))
-        log.warning("delivery to %s failed (attempt %d): %s", destination_text, attempts, exc)
-        return None if final else backoff_seconds(attempts)
-    except DeliveryRejected as exc:
-        ctx.ledger.record_delivery(study_key, destination_text, DeliveryState.FAILED, str(exc))
-        log.error("delivery to %s rejected: %s", destination_text, exc)
-        return None
-    except Exception as exc:  # a bug or a broken result file: permanent, but recorded
-        reason = f"delivery failed: {describe_exception(exc)}"
-        ctx.ledger.record_delivery(study_key, destination_text, DeliveryState.FAILED, reason)
-        log.error("delivery to %s: %s", destination_text, reason)
-        return None
-    ctx.ledger.record_delivery(study_key, destination_text, DeliveryState.DELIVERED)
-    return None

@@ -17,15 +17,14 @@ from pydicom.filewriter import write_file_meta_info
 
 from cxr_node import intake
 from cxr_node.dicom import status
-from cxr_node.jobs import Destination
 from cxr_node.ledger import Ledger
 from cxr_node.logs import describe_exception
 from cxr_node.spool import Spool, log_ref, safe_key
 
 log = logging.getLogger(__name__)
 
-DestinationRouter = Callable[[str], list[Destination]]
-"""Maps a calling AE title to the destinations its studies' results go to."""
+DestinationRouter = Callable[[str, str | None], list[str]]
+"""Maps a calling AE title and peer address to the names of the destinations of its results."""
 
 
 def handle_echo(event: Any) -> int:
@@ -111,7 +110,7 @@ class StoreHandler:
             reason_code=decision.reason_code,
             reason=decision.reason,
             calling_ae=calling_ae,
-            destinations=self._router(calling_ae),
+            destinations=self._router(calling_ae, _peer_address(event)),
         )
         log.info(
             "stored instance %s of study %s from %s (%d bytes)%s%s",
@@ -123,6 +122,13 @@ class StoreHandler:
             "" if is_new else ", already known",
         )
         return status.SUCCESS
+
+
+def _peer_address(event: Any) -> str | None:
+    try:
+        return str(event.assoc.requestor.address)
+    except AttributeError:
+        return None
 
 
 def _encode_as_received(event: Any) -> bytes:

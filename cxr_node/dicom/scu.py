@@ -1,75 +1,264 @@
-"""Delivery of result objects by C-STORE SCU (PS3.4 Annex B), one association per batch.
+"""Delivery of result objects by C-STORE SCU (PS3.4 Annex B), reusing associations.
 
-Failures are classified so that the caller's policy is simple: :class:`TransientError` (refused
-connection, timeout, 0xA7xx) is retried with backoff, :class:`DeliveryRejected` (permanent
-association rejection, 0xA9xx, 0xCxxx) is recorded and not retried.
+Failures are classified so that the caller's policy is simple:
+
+- :class:`DestinationUnreachable` (refused connection, timeout, abort, transient association
+  rejection, 0xA7xx): the destination as a whole is retried with backoff;
+- :class:`AssociationRefused` (association rejected permanently, PS3.8 9.3.4): the destination
+  refuses us for good; what was due to it fails with the reason;
+- :class:`DeliveryRejected` (0xA9xx, 0xCxxx, a SOP class it does not accept): that study's
+  delivery to it fails with the reason; the association stays usable for the next study.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import Dataset, dcmread
+from pydicom.uid import (
+    UID,
+    Comprehensive3DSRStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+)
 from pynetdicom import AE
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket
 
+from cxr_node.destinations import Destination
 from cxr_node.dicom import status
 from cxr_node.errors import CxrNodeError, TransientError
-from cxr_node.jobs import Destination
 
 log = logging.getLogger(__name__)
+
+RESULT_SOP_CLASSES: tuple[str, ...] = (Comprehensive3DSRStorage, SecondaryCaptureImageStorage)
+"""What we send: the TID 1500 SR (and the notice SR) and the heatmap SC."""
+
+OFFERED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+"""Our results are Explicit VR Little Endian; pynetdicom re-encodes for an Implicit-only peer."""
 
 _WARNING_STATUSES = {0xB000, 0xB007, 0xB006, 0x0107, 0x0116}
 _PERMANENT_REJECTION = 0x01
 
 
+def _shutdown_and_close(self: AssociationSocket) -> None:
+    """pynetdicom 3.0's ``_shutdown_socket`` skips ``close()`` when ``shutdown()`` raises, as it
+    does on a socket that never connected (refused, TLS handshake failed): the descriptor then
+    waits for the garbage collector. Close it in every case."""
+    sock = self.socket
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-assign]
+
+
+class DestinationUnreachable(TransientError):
+    """The destination cannot take anything now; try it again later."""
+
+
+class AssociationRefused(CxrNodeError):
+    """The destination rejected the association permanently (PS3.8 Table 9-21, result 1)."""
+
+
 class DeliveryRejected(CxrNodeError):
-    """The destination refused for good; retrying will not help."""
+    """The destination refused one study's objects for good; retrying will not help."""
+
+
+def _destination_key(destination: Destination) -> str:
+    return destination.model_dump_json()
+
+
+@dataclass
+class _Pooled:
+    association: Association
+    key: str
+    last_used: float
+
+
+class AssociationPool:
+    """Open associations per destination, reused while they are idle less than ``idle_seconds``.
+
+    One caller at a time per destination (the ledger's destination lease sees to that); the
+    pool's own lock only guards its dictionary. :meth:`close_idle` runs from a reaper thread.
+    """
+
+    def __init__(self, calling_ae: str, timeout: float, idle_seconds: float) -> None:
+        self.calling_ae = calling_ae
+        self.timeout = timeout
+        self.idle_seconds = idle_seconds
+        self._open: dict[str, _Pooled] = {}
+        self._lock = threading.Lock()
+        self.opened = 0
+        """How many associations were opened (for tests and benchmarks)."""
+
+    def acquire(self, destination: Destination) -> tuple[Association, bool]:
+        """An established association to ``destination`` and whether it was reused."""
+        key = _destination_key(destination)
+        with self._lock:
+            pooled = self._open.pop(destination.name, None)
+        if pooled is not None:
+            if pooled.key == key and pooled.association.is_established:
+                return pooled.association, True
+            _release(pooled.association)
+        association = self._associate(destination)
+        self.opened += 1
+        return association, False
+
+    def give_back(self, destination: Destination, association: Association) -> None:
+        """Keep a healthy association for the next study (or release it when reuse is off)."""
+        if not association.is_established:
+            return
+        if self.idle_seconds <= 0:
+            _release(association)
+            return
+        with self._lock:
+            previous = self._open.pop(destination.name, None)
+            self._open[destination.name] = _Pooled(
+                association, _destination_key(destination), time.monotonic()
+            )
+        if previous is not None and previous.association is not association:
+            _release(previous.association)
+
+    def discard(self, association: Association) -> None:
+        """Drop a broken association."""
+        if association.is_established:
+            association.abort()
+
+    def close_idle(self) -> int:
+        """Release associations idle for longer than ``idle_seconds``; returns how many."""
+        cutoff = time.monotonic() - self.idle_seconds
+        with self._lock:
+            stale = [name for name, p in self._open.items() if p.last_used <= cutoff]
+            closing = [self._open.pop(name) for name in stale]
+        for pooled in closing:
+            _release(pooled.association)
+        return len(closing)
+
+    def close_all(self) -> None:
+        """Release every association (worker shutdown)."""
+        with self._lock:
+            closing = list(self._open.values())
+            self._open.clear()
+        for pooled in closing:
+            _release(pooled.association)
+
+    def _associate(self, destination: Destination) -> Association:
+        ae = AE(ae_title=self.calling_ae)
+        ae.acse_timeout = self.timeout
+        ae.dimse_timeout = self.timeout
+        ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        for sop_class in RESULT_SOP_CLASSES:
+            ae.add_requested_context(sop_class, list(OFFERED_TRANSFER_SYNTAXES))
+        tls_args = None
+        if destination.tls is not None:
+            try:
+                context = destination.tls.client_context()
+            except (OSError, ValueError) as exc:
+                raise DestinationUnreachable(
+                    f"TLS settings of {destination.name} unusable ({type(exc).__name__})"
+                ) from None
+            tls_args = (context, destination.host if destination.tls.verify_hostname else "")
+        association = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
+        if association.is_established:
+            return association
+        primitive = association.acceptor.primitive if association.is_rejected else None
+        if primitive is not None:
+            reason = primitive.result_str
+            if primitive.result == _PERMANENT_REJECTION:
+                raise AssociationRefused(f"association rejected permanently: {reason}")
+            raise DestinationUnreachable(f"association rejected transiently: {reason}")
+        what = "TLS handshake or connection" if destination.tls is not None else "connection"
+        raise DestinationUnreachable(f"no association ({what} refused, aborted or timed out)")
+
+
+def _release(association: Association) -> None:
+    if association.is_established:
+        association.release()
+
+
+def store_datasets(association: Association, datasets: Iterable[Dataset]) -> int:
+    """C-STORE each data set the association accepts; return how many were stored.
+
+    Objects of a SOP class the destination did not accept are not sent: the others are, and
+    then :class:`DeliveryRejected` names what was refused.
+    """
+    accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
+    refused: list[str] = []
+    stored = 0
+    for dataset in datasets:
+        sop_class = str(dataset.SOPClassUID)
+        if sop_class not in accepted:
+            refused.append(sop_class)
+            continue
+        try:
+            answer = association.send_c_store(dataset)
+        except RuntimeError:  # the association ended under us
+            raise DestinationUnreachable("association lost before C-STORE") from None
+        except ValueError:  # no accepted context fits the object's transfer syntax
+            raise DeliveryRejected(f"no transfer syntax agreed for {UID(sop_class).name}") from None
+        code = int(answer.Status) if "Status" in answer else None
+        if code is None:
+            raise DestinationUnreachable("no C-STORE response (timeout or abort)")
+        if code == status.SUCCESS or code in _WARNING_STATUSES:
+            stored += 1
+            continue
+        if status.is_retryable(code):
+            raise DestinationUnreachable(f"destination answered 0x{code:04X} (out of resources)")
+        raise DeliveryRejected(f"destination answered 0x{code:04X}")
+    if refused:
+        names = ", ".join(sorted({UID(uid).name for uid in refused}))
+        raise DeliveryRejected(f"destination does not accept {names}; {stored} other(s) stored")
+    return stored
+
+
+def send_study(pool: AssociationPool, destination: Destination, files: list[Path]) -> int:
+    """Send one study's result files to ``destination``, reusing a pooled association.
+
+    A reused association the peer has meanwhile closed is replaced once by a fresh one before
+    the destination counts as unreachable.
+    """
+    datasets = [dcmread(path) for path in files]
+    for fresh_attempt in (False, True):
+        association, reused = pool.acquire(destination)
+        try:
+            stored = store_datasets(association, datasets)
+        except DestinationUnreachable:
+            pool.discard(association)
+            if reused and not fresh_attempt:
+                log.info("pooled association to %s went stale; opening a new one", destination.name)
+                continue
+            raise
+        except DeliveryRejected:
+            pool.give_back(destination, association)
+            raise
+        except BaseException:
+            pool.discard(association)
+            raise
+        pool.give_back(destination, association)
+        return stored
+    raise AssertionError("unreachable")
 
 
 def send_files(
     destination: Destination, files: list[Path], calling_ae: str, timeout: float = 30.0
 ) -> None:
-    """Send every file to one destination over one association, or raise why not."""
-    datasets = [dcmread(path) for path in files]
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    for sop_class, syntax in sorted(
-        {(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}
-    ):
-        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        ae.add_requested_context(sop_class, syntaxes)
-
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    if not assoc.is_established:
-        if assoc.is_rejected and assoc.acceptor.primitive is not None:
-            result = assoc.acceptor.primitive.result
-            reason = assoc.acceptor.primitive.result_str
-            if result == _PERMANENT_REJECTION:
-                raise DeliveryRejected(f"association rejected permanently: {reason}")
-            raise TransientError(f"association rejected transiently: {reason}")
-        raise TransientError("no association (connection refused, aborted or timed out)")
-    try:
-        accepted = {str(context.abstract_syntax) for context in assoc.accepted_contexts}
-        refused = sorted({str(ds.SOPClassUID) for ds in datasets} - accepted)
-        if refused:
-            names = ", ".join(UID(uid).name for uid in refused)
-            raise DeliveryRejected(f"destination does not accept {names}")
-        for dataset in datasets:
-            answer = assoc.send_c_store(dataset)
-            code = int(answer.Status) if "Status" in answer else None
-            if code is None:
-                raise TransientError("no C-STORE response (timeout or abort)")
-            if code == status.SUCCESS or code in _WARNING_STATUSES:
-                continue
-            if status.is_retryable(code):
-                raise TransientError(f"destination answered 0x{code:04X} (out of resources)")
-            raise DeliveryRejected(f"destination answered 0x{code:04X}")
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    log.info("delivered %d objects to %s", len(datasets), destination.ae_title)
+    """Send every file to one destination over one new association, or raise why not."""
+    pool = AssociationPool(calling_ae, timeout, idle_seconds=0.0)
+    send_study(pool, destination, files)
+    log.info("delivered %d objects to %s", len(files), destination.name)

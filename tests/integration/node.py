@@ -94,7 +94,11 @@ class NodeProcess:
 
 
 def storescu(
-    port: int, *files: Path, called: str = "CXR_NODE", extra: tuple[str, ...] = ()
+    port: int,
+    *files: Path,
+    called: str = "CXR_NODE",
+    extra: tuple[str, ...] = (),
+    calling: str = "MODALITY",
 ) -> subprocess.CompletedProcess[str]:
     """Send files with DCMTK's storescu (the real one, not pynetdicom's shadowing script)."""
     return subprocess.run(
@@ -103,7 +107,7 @@ def storescu(
             "-aec",
             called,
             "-aet",
-            "MODALITY",
+            calling,
             *extra,
             "127.0.0.1",
             str(port),

@@ -83,7 +83,7 @@ def test_embedded_queue_round_trip(
     _assert_results(storescp, chest)
     assert wait_until(lambda: node.studies()[0]["state"] == "delivered", timeout=10)
     log = node.log()  # serve and its embedded worker write here
-    assert "delivered 2 objects" in log
+    assert "2 result objects delivered to" in log
     for value in CANARIES.values():
         assert value not in log and value.split("^")[0] not in log
 
@@ -108,7 +108,9 @@ def test_redis_broker_with_separate_worker(
         "0.5",
     ).start()
     nodes.append(node)
-    worker = NodeProcess(data, models_dir, "--broker", redis_url, command="worker").start()
+    worker = NodeProcess(
+        data, models_dir, "--broker", redis_url, "--destination", storescp.address, command="worker"
+    ).start()
     nodes.append(worker)
     sent = storescu(node.port, chest)
     assert sent.returncode == 0, sent.stderr

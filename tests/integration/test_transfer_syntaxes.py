@@ -91,7 +91,7 @@ def node(tmp_path: Path) -> Iterator[tuple[int, Spool]]:
     settings = load_settings(data_dir=tmp_path, port=free_port(), bind_address="127.0.0.1")
     spool = Spool(settings.spool_path)
     ledger = Ledger(settings.ledger)
-    server = start_server(settings, StoreHandler(spool, ledger, lambda _ae: [], 0))
+    server = start_server(settings, StoreHandler(spool, ledger, lambda _ae, _address: [], 0))
     yield settings.port, spool
     server.shutdown()
     ledger.close()

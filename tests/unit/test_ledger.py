@@ -9,11 +9,10 @@ import pytest
 import sqlalchemy as sa
 
 import cxr_node.ledger as ledger_module
-from cxr_node.jobs import Destination
-from cxr_node.ledger import DeliveryState, Ledger, ResultRow, StudyState
+from cxr_node.ledger import DeliveryState, Ledger, NoticeState, ResultRow, StudyState
 
-PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
-VIEWER = Destination(ae_title="VIEWER", host="127.0.0.1", port=4242)
+PACS = "PACS"
+VIEWER = "VIEWER"
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
@@ -56,7 +55,7 @@ def record(
     *,
     eligible: bool = True,
     reason_code: str | None = None,
-    destinations: list[Destination] | None = None,
+    destinations: list[str] | None = None,
 ) -> bool:
     return ledger.record_instance(
         study_key=study,
@@ -85,7 +84,15 @@ def result_row(sop: str = "1.2.3.99") -> ResultRow:
     )
 
 
-def analysed(ledger: Ledger, destinations: list[Destination], study: str = STUDY) -> None:
+def pending(ledger: Ledger, study: str = STUDY) -> list[str]:
+    return sorted(
+        name
+        for name, row in ledger.deliveries_of(study).items()
+        if row.state is DeliveryState.PENDING
+    )
+
+
+def analysed(ledger: Ledger, destinations: list[str], study: str = STUDY) -> None:
     """Bring a recorded study to ANALYSED."""
     ledger.mark_queued(study)
     assert ledger.claim(study, lease_seconds=60)
@@ -114,13 +121,18 @@ def test_state_machine_received_to_delivered(ledger: Ledger) -> None:
 
     ledger.record_results(STUDY, [result_row("1.2.3.98"), result_row("1.2.3.99")], [PACS])
     assert state(ledger) is StudyState.ANALYSED
-    assert ledger.pending_deliveries(STUDY) == [str(PACS)]
+    assert pending(ledger) == [PACS]
     assert {r.sop_instance_uid for r in ledger.results_of(STUDY)} == {"1.2.3.98", "1.2.3.99"}
 
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
     assert state(ledger) is StudyState.DELIVERED
-    assert ledger.pending_deliveries(STUDY) == []
-    assert ledger.deliveries_of(STUDY) == {str(PACS): (DeliveryState.DELIVERED, 1, None)}
+    assert pending(ledger) == []
+    delivery = ledger.deliveries_of(STUDY)[PACS]
+    assert (delivery.state, delivery.attempts, delivery.last_error) == (
+        DeliveryState.DELIVERED,
+        1,
+        None,
+    )
 
 
 def test_instances_are_listed_with_their_eligibility(ledger: Ledger) -> None:
@@ -222,7 +234,7 @@ def test_duplicate_instance_returns_false_and_does_not_reset_the_study(
 def test_duplicate_instance_of_a_delivered_study_keeps_it_delivered(ledger: Ledger) -> None:
     record(ledger)
     analysed(ledger, [PACS])
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
     assert record(ledger) is False
     assert state(ledger) is StudyState.DELIVERED
 
@@ -234,7 +246,7 @@ def test_new_instance_in_a_finished_study_sends_it_back_to_received(
     record(ledger)
     if final == "delivered":
         analysed(ledger, [PACS])
-        ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+        ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
     elif final == "not_eligible":
         ledger.mark_not_eligible(STUDY, "BODY_PART", "not chest")
     else:
@@ -270,7 +282,7 @@ def test_delivery_of_old_results_does_not_finish_a_study_that_got_a_new_instance
     analysed(ledger, [PACS])
     assert record(ledger, sop="1.2.3.2") is True
     assert state(ledger) is StudyState.RECEIVED
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
     assert state(ledger) is StudyState.RECEIVED
 
 
@@ -341,53 +353,38 @@ def test_stale_studies_later_only_old_queued_and_expired_leases(
     ]
 
 
-def _undelivered_scenario(ledger: Ledger, clock: FakeClock) -> None:
-    record(ledger)
-    analysed(ledger, [PACS])
-    record(ledger, study="1.9", destinations=[PACS])
-    analysed(ledger, [PACS], study="1.9")
-    ledger.record_delivery("1.9", str(PACS), DeliveryState.DELIVERED)
-    assert ledger.undelivered_studies(600.0) == []
-    clock.advance(601)
-    assert ledger.undelivered_studies(600.0) == [STUDY]
-
-
-def test_undelivered_studies_lists_analysed_with_old_pending_deliveries(
-    ledger: Ledger, clock: FakeClock
-) -> None:
-    _undelivered_scenario(ledger, clock)
-
-
-def test_undelivered_studies_emits_no_warning(ledger: Ledger, clock: FakeClock) -> None:
-    _undelivered_scenario(ledger, clock)
-
-
 # --- deliveries -------------------------------------------------------------------------------
 
 
 def test_failed_delivery_fails_the_study_with_delivery_failed(ledger: Ledger) -> None:
     record(ledger, destinations=[PACS, VIEWER])
     analysed(ledger, [PACS, VIEWER])
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.DELIVERED)
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
     assert state(ledger) is StudyState.ANALYSED  # VIEWER still pending
-    ledger.record_delivery(STUDY, str(VIEWER), DeliveryState.FAILED, "0xA700 from VIEWER")
+    ledger.record_delivery(STUDY, VIEWER, DeliveryState.FAILED, "0xA700 from VIEWER")
     row = ledger.study(STUDY)
     assert row is not None
     assert row.state is StudyState.FAILED
     assert row.reason_code == "DELIVERY_FAILED"
     assert row.reason == "0xA700 from VIEWER"
     deliveries = ledger.deliveries_of(STUDY)
-    assert deliveries[str(PACS)][0] == DeliveryState.DELIVERED
-    assert deliveries[str(VIEWER)] == (DeliveryState.FAILED, 1, "0xA700 from VIEWER")
+    assert deliveries[PACS].state is DeliveryState.DELIVERED
+    viewer = deliveries[VIEWER]
+    assert (viewer.state, viewer.attempts, viewer.last_error) == (
+        DeliveryState.FAILED,
+        1,
+        "0xA700 from VIEWER",
+    )
 
 
 def test_pending_delivery_attempts_are_counted(ledger: Ledger) -> None:
     record(ledger)
     analysed(ledger, [PACS])
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.PENDING, "association refused")
-    ledger.record_delivery(STUDY, str(PACS), DeliveryState.PENDING, "association refused")
+    ledger.record_delivery(STUDY, PACS, DeliveryState.PENDING, "association refused")
+    ledger.record_delivery(STUDY, PACS, DeliveryState.PENDING, "association refused")
     assert state(ledger) is StudyState.ANALYSED
-    assert ledger.deliveries_of(STUDY)[str(PACS)] == (
+    row = ledger.deliveries_of(STUDY)[PACS]
+    assert (row.state, row.attempts, row.last_error) == (
         DeliveryState.PENDING,
         2,
         "association refused",
@@ -398,8 +395,7 @@ def test_study_without_destinations_rests_in_analysed(ledger: Ledger) -> None:
     record(ledger, destinations=[])
     analysed(ledger, [])
     assert state(ledger) is StudyState.ANALYSED
-    assert ledger.undelivered_studies(0.0) == []
-    assert ledger.pending_deliveries(STUDY) == []
+    assert ledger.destinations_due() == []
     assert ledger.deliveries_of(STUDY) == {}
 
 
@@ -408,7 +404,7 @@ def test_recording_results_twice_keeps_one_row_per_result(ledger: Ledger) -> Non
     analysed(ledger, [PACS])
     ledger.record_results(STUDY, [result_row()], [PACS])
     assert len(ledger.results_of(STUDY)) == 1
-    assert ledger.pending_deliveries(STUDY) == [str(PACS)]
+    assert pending(ledger) == [PACS]
 
 
 # --- several processes on one file ------------------------------------------------------------
@@ -521,10 +517,149 @@ def test_recovery_does_not_requeue_a_study_that_moved_on(ledger: Ledger) -> None
     assert state(ledger) is StudyState.ANALYSING
 
 
-def test_touching_deliveries_postpones_their_resend(ledger: Ledger, clock: FakeClock) -> None:
+# --- delivery scheduling: leases, backoff, due destinations ------------------------------------
+
+
+def test_one_lease_per_destination(ledger: Ledger, clock: FakeClock) -> None:
+    first = ledger.acquire_destination(PACS, 60)
+    assert first is not None
+    assert ledger.acquire_destination(PACS, 60) is None
+    assert ledger.acquire_destination(VIEWER, 60) is not None  # another destination is free
+    clock.advance(30)
+    assert ledger.renew_destination(PACS, first, 60) is True
+    clock.advance(45)  # 75 s after taking it, 45 s after renewing: still held
+    assert ledger.acquire_destination(PACS, 60) is None
+    ledger.release_destination(PACS, first)
+    second = ledger.acquire_destination(PACS, 60)
+    assert second is not None and second != first
+    assert ledger.renew_destination(PACS, first, 60) is False  # the old holder lost it
+
+
+def test_an_expired_lease_can_be_taken(ledger: Ledger, clock: FakeClock) -> None:
+    assert ledger.acquire_destination(PACS, 60) is not None
+    clock.advance(61)
+    assert ledger.acquire_destination(PACS, 60) is not None
+
+
+def test_due_deliveries_and_destinations_due(ledger: Ledger, clock: FakeClock) -> None:
+    record(ledger, destinations=[PACS, VIEWER])
+    analysed(ledger, [PACS, VIEWER])
+    assert [r.study_key for r in ledger.due_deliveries(PACS)] == [STUDY]
+    assert ledger.destinations_due() == [PACS, VIEWER]
+    token = ledger.acquire_destination(PACS, 60)
+    assert token is not None
+    assert ledger.destinations_due() == [VIEWER]  # a task holds PACS: no need to wake it
+
+
+def test_deferring_a_destination_delays_its_old_and_new_deliveries(
+    ledger: Ledger, clock: FakeClock
+) -> None:
     record(ledger)
     analysed(ledger, [PACS])
-    clock.advance(700)
-    assert ledger.undelivered_studies(600) == [STUDY]
-    ledger.touch_deliveries(STUDY)
-    assert ledger.undelivered_studies(600) == []
+    assert ledger.acquire_destination(PACS, 60) is not None
+    assert ledger.note_destination_outcome(PACS, reachable=False) == 1
+    assert ledger.note_destination_outcome(PACS, reachable=False) == 2
+    ledger.defer_destination(PACS, clock.now + 8, "connection refused")
+    assert ledger.due_deliveries(PACS) == []
+    assert ledger.next_delivery_at(PACS) == clock.now + 8
+    record(ledger, study="1.9")
+    analysed(ledger, [PACS], study="1.9")  # a new study while PACS is down waits too
+    assert ledger.deliveries_of("1.9")[PACS].next_attempt_at == clock.now + 8
+    assert ledger.deliveries_of(STUDY)[PACS].last_error == "connection refused"
+    clock.advance(8)
+    assert sorted(r.study_key for r in ledger.due_deliveries(PACS)) == sorted(["1.9", STUDY])
+    assert ledger.note_destination_outcome(PACS, reachable=True) == 0
+
+
+def test_a_retry_time_survives_reopening_the_ledger(url: str, clock: FakeClock) -> None:
+    first = Ledger(url)
+    record(first)
+    analysed(first, [PACS])
+    first.record_delivery(STUDY, PACS, DeliveryState.PENDING, "down", clock.now + 30)
+    first.close()
+    second = Ledger(url)
+    try:
+        assert second.due_deliveries(PACS) == []
+        assert second.next_delivery_at(PACS) == clock.now + 30
+        clock.advance(30)
+        assert second.destinations_due() == [PACS]
+    finally:
+        second.close()
+
+
+def test_release_all_destination_leases(ledger: Ledger) -> None:
+    assert ledger.acquire_destination(PACS, 600) is not None
+    ledger.release_all_destination_leases()
+    assert ledger.acquire_destination(PACS, 600) is not None
+
+
+# --- "not analysed" notices ---------------------------------------------------------------------
+
+
+def notice_row() -> ResultRow:
+    return ResultRow(
+        sop_instance_uid="1.2.3.77", source_sop_instance_uid="1.2.3.1", kind="notice", path="n"
+    )
+
+
+def test_a_not_eligible_study_needs_a_notice_once(ledger: Ledger) -> None:
+    record(ledger, eligible=False, reason_code="LATERAL_VIEW")
+    ledger.mark_not_eligible(STUDY, "LATERAL_VIEW", "lateral")
+    assert ledger.studies_needing_notice() == [STUDY]
+    assert ledger.record_notice(STUDY, notice_row()) is True
+    assert ledger.record_notice(STUDY, notice_row()) is False
+    assert ledger.studies_needing_notice() == []
+    assert pending(ledger) == [PACS]
+    row = ledger.study(STUDY)
+    assert row is not None and row.notice_state == NoticeState.WRITTEN
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
+    assert state(ledger) is StudyState.NOT_ELIGIBLE  # the reason stays what it was
+
+
+def test_no_notice_without_destinations_or_for_analysed_studies(ledger: Ledger) -> None:
+    record(ledger, study="1.1", eligible=False, reason_code="LATERAL_VIEW", destinations=[])
+    ledger.mark_not_eligible("1.1", "LATERAL_VIEW", "lateral")
+    record(ledger, study="1.2")
+    analysed(ledger, [PACS], study="1.2")
+    assert ledger.studies_needing_notice() == []
+    assert ledger.record_notice("1.2", notice_row()) is False
+
+
+def test_an_impossible_notice_is_not_asked_for_again(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    token = ledger.claim(STUDY, 60)
+    ledger.mark_failed(STUDY, "UNDECODABLE", "broken", token)
+    assert ledger.studies_needing_notice() == [STUDY]
+    ledger.mark_notice_impossible(STUDY, "no readable instance")
+    assert ledger.studies_needing_notice() == []
+
+
+def test_results_supersede_an_earlier_notice(ledger: Ledger) -> None:
+    record(ledger, eligible=False, reason_code="LATERAL_VIEW")
+    ledger.mark_not_eligible(STUDY, "LATERAL_VIEW", "lateral")
+    ledger.record_notice(STUDY, notice_row())
+    record(ledger, sop="1.2.3.2")  # a frontal image arrives later
+    analysed(ledger, [PACS])
+    assert [r.kind for r in ledger.results_of(STUDY)] == ["sr"]
+    row = ledger.study(STUDY)
+    assert row is not None and row.notice_state is None
+
+
+def test_a_ledger_from_an_older_version_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite"
+    engine = sa.create_engine(f"sqlite:///{path}")
+    with engine.begin() as db:
+        db.execute(
+            sa.text(
+                "CREATE TABLE deliveries (study_key VARCHAR(80), destination VARCHAR(120), "
+                "state VARCHAR(20) NOT NULL, attempts INTEGER NOT NULL, last_error TEXT, "
+                "updated_at FLOAT NOT NULL, PRIMARY KEY (study_key, destination))"
+            )
+        )
+    engine.dispose()
+    upgraded = Ledger(f"sqlite:///{path}")
+    try:
+        assert upgraded.due_deliveries(PACS) == []
+    finally:
+        upgraded.close()

@@ -22,13 +22,12 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from cxr_node.dicom import status
 from cxr_node.dicom.handlers import StoreHandler
 from cxr_node.dicom.scp import start_server
-from cxr_node.jobs import Destination
 from cxr_node.ledger import Ledger, StudyState
 from cxr_node.settings import Settings, load_settings
 from cxr_node.spool import Spool, safe_key
 from tests.conftest import free_port
 
-PACS = Destination(ae_title="PACS", host="127.0.0.1", port=104)
+PACS = "PACS"
 
 
 class Node:
@@ -39,11 +38,13 @@ class Node:
         self.spool = Spool(settings.spool_path)
         self.ledger = Ledger(settings.ledger)
         self.routed: list[str] = []
+        self.addresses: list[str | None] = []
         handler = StoreHandler(self.spool, self.ledger, self._route, min_free_bytes=min_free_bytes)
         self.server = start_server(settings, handler)
 
-    def _route(self, calling_ae: str) -> list[Destination]:
+    def _route(self, calling_ae: str, address: str | None) -> list[str]:
         self.routed.append(calling_ae)
+        self.addresses.append(address)
         return [PACS]
 
     def stop(self) -> None:
@@ -173,6 +174,7 @@ def test_c_store_spools_and_records_the_instance(node: Node) -> None:
     assert instances[0].eligible is True
     assert instances[0].path == node.spool.relative(path)
     assert node.routed == ["MODALITY"]
+    assert node.addresses == ["127.0.0.1"]
     assert list((node.spool.root / ".tmp").iterdir()) == []
 
 

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
+from pydicom.uid import (
+    Comprehensive3DSRStorage,
+    ImplicitVRLittleEndian,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
 from pynetdicom import AE, evt
 
+from cxr_node.destinations import Destination
 from cxr_node.dicom import status
-from cxr_node.dicom.scu import DeliveryRejected, send_files
+from cxr_node.dicom.scu import (
+    AssociationPool,
+    AssociationRefused,
+    DeliveryRejected,
+    DestinationUnreachable,
+    send_files,
+    send_study,
+)
 from cxr_node.errors import TransientError
-from cxr_node.jobs import Destination
 from tests.conftest import free_port
 from tests.unit._synthetic import make_dx_chest
 
@@ -73,9 +86,9 @@ def test_destination_without_sr_support_is_a_permanent_rejection(
 ) -> None:
     server, port, received = _scp([SecondaryCaptureImageStorage], status.SUCCESS)
     servers.append(server)
-    with pytest.raises(DeliveryRejected, match="Comprehensive 3D SR"):
+    with pytest.raises(DeliveryRejected, match="Comprehensive 3D SR Storage; 1 other"):
         send_files(Destination(ae_title="DEST", host="127.0.0.1", port=port), result_files, "CXR")
-    assert received == []
+    assert len(received) == 1  # the heatmap still arrives
 
 
 def test_out_of_resources_is_transient_and_cannot_understand_is_permanent(
@@ -93,3 +106,93 @@ def test_out_of_resources_is_transient_and_cannot_understand_is_permanent(
         send_files(
             Destination(ae_title="DEST", host="127.0.0.1", port=broken_port), result_files, "CXR"
         )
+
+
+def _destination(port: int) -> Destination:
+    return Destination(ae_title="DEST", host="127.0.0.1", port=port)
+
+
+def test_pool_reuses_one_association_for_several_studies(
+    result_files: list[Path], servers: list[Any]
+) -> None:
+    server, port, received = _scp(
+        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
+    )
+    servers.append(server)
+    pool = AssociationPool("CXR", timeout=10, idle_seconds=30)
+    try:
+        for _ in range(3):
+            assert send_study(pool, _destination(port), result_files) == 2
+        assert pool.opened == 1
+        assert len(received) == 6
+    finally:
+        pool.close_all()
+
+
+def test_pool_closes_idle_associations(result_files: list[Path], servers: list[Any]) -> None:
+    server, port, _ = _scp([Comprehensive3DSRStorage, SecondaryCaptureImageStorage], 0)
+    servers.append(server)
+    pool = AssociationPool("CXR", timeout=10, idle_seconds=0.01)
+    send_study(pool, _destination(port), result_files)
+    time.sleep(0.05)
+    assert pool.close_idle() == 1
+    send_study(pool, _destination(port), result_files)
+    assert pool.opened == 2
+    pool.close_all()
+
+
+def test_a_stale_pooled_association_is_replaced_once(
+    result_files: list[Path], servers: list[Any]
+) -> None:
+    server, port, received = _scp(
+        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
+    )
+    servers.append(server)
+    pool = AssociationPool("CXR", timeout=10, idle_seconds=30)
+    try:
+        send_study(pool, _destination(port), result_files)
+        for association in server.active_associations:
+            association.abort()  # the peer drops the idle association
+        time.sleep(0.2)
+        assert send_study(pool, _destination(port), result_files) == 2
+        assert pool.opened == 2
+        assert len(received) == 4
+    finally:
+        pool.close_all()
+
+
+def test_permanent_association_rejection(result_files: list[Path], servers: list[Any]) -> None:
+    ae = AE(ae_title="DEST")
+    ae.add_supported_context(Comprehensive3DSRStorage)
+    ae.require_calling_aet = ["ONLY_THIS_ONE"]
+    port = free_port()
+    servers.append(ae.start_server(("127.0.0.1", port), block=False))
+    with pytest.raises(AssociationRefused, match="rejected permanently"):
+        send_files(_destination(port), result_files, "CXR")
+
+
+def test_nothing_listening_is_unreachable(result_files: list[Path]) -> None:
+    with pytest.raises(DestinationUnreachable, match="no association"):
+        send_files(_destination(free_port()), result_files, "CXR", timeout=5)
+
+
+def test_an_implicit_only_destination_gets_re_encoded_objects(
+    result_files: list[Path], servers: list[Any]
+) -> None:
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.context.transfer_syntax))
+        return status.SUCCESS
+
+    ae = AE(ae_title="DEST")
+    for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
+        ae.add_supported_context(sop_class, [ImplicitVRLittleEndian])
+    port = free_port()
+    servers.append(
+        ae.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+    )
+    send_files(_destination(port), result_files, "CXR")
+    assert received == [ImplicitVRLittleEndian, ImplicitVRLittleEndian]

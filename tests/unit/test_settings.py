@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from cxr_node.destinations import Destination, Router, parse_destination, validate_ae_title
 from cxr_node.errors import ConfigurationError
-from cxr_node.jobs import Destination
-from cxr_node.settings import load_settings, parse_destination, validate_ae_title
+from cxr_node.settings import load_settings
 
 PASSWORD = "hunter2-s3cr3t"
 
@@ -290,3 +290,60 @@ def test_explicit_paths_win_over_derived_ones(tmp_path: Path) -> None:
     assert settings.spool_path == tmp_path / "fast-disk"
     assert settings.models_path == tmp_path / "data" / "models"
     assert settings.ledger == "sqlite:///:memory:"
+
+
+# --- destinations as mappings, TLS, per-source routing ------------------------------------------
+
+
+def test_destinations_as_mappings_with_tls_and_routes(tmp_path: Path) -> None:
+    config = _yaml(
+        tmp_path,
+        """
+destinations:
+  - name: pacs
+    ae_title: PACS
+    host: pacs.local
+    port: 2762
+    tls: {ca_file: /etc/ca.pem, cert_file: /etc/me.pem, key_file: /etc/me.key}
+  - VIEWER@viewer.local:11112
+sources:
+  - {ae_title: CR_ROOM_1, destinations: [pacs, VIEWER]}
+  - {ae_title: DX_WARD, host: 10.2.0.0/16, destinations: [VIEWER]}
+default_destinations: [pacs]
+""",
+    )
+    settings = load_settings(config)
+    pacs = settings.destination("pacs")
+    assert pacs is not None and pacs.tls is not None
+    assert pacs.tls.ca_file == Path("/etc/ca.pem") and pacs.tls.verify_hostname is True
+    assert str(pacs) == "PACS@pacs.local:2762 (TLS)"
+    assert settings.destination("VIEWER") is not None  # the short form is named by its AE title
+    router = Router(settings.destinations, settings.sources, settings.default_destinations)
+    assert router.destinations_for("CR_ROOM_1", "192.168.1.5") == ["pacs", "VIEWER"]
+    assert router.destinations_for("DX_WARD", "10.2.3.4") == ["VIEWER"]
+    assert router.destinations_for("DX_WARD", "10.9.3.4") == ["pacs"]  # wrong network: default
+    assert router.destinations_for("UNKNOWN", None) == ["pacs"]
+
+
+def test_without_default_destinations_unknown_sources_go_everywhere() -> None:
+    settings = load_settings(destinations=["A@a:104", "B@b:104"])
+    router = Router(settings.destinations, settings.sources, settings.default_destinations)
+    assert router.destinations_for("ANY") == ["A", "B"]
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [
+        ("destinations: [PACS@a:104, PACS@b:104]\n", "unique"),
+        ("destinations: [PACS@a:104]\nsources: [{ae_title: X, destinations: [nope]}]\n", "nope"),
+        ("destinations: [PACS@a:104]\ndefault_destinations: [gone]\n", "gone"),
+        (
+            "destinations: [{ae_title: P, host: h, port: 1, tls: {cert_file: /c.pem}}]\n",
+            "key_file",
+        ),
+        ("sources: [{ae_title: X, host: not-an-ip}]\n", "sources"),
+    ],
+)
+def test_bad_routes_are_refused(tmp_path: Path, text: str, complaint: str) -> None:
+    with pytest.raises(ConfigurationError, match=complaint):
+        load_settings(_yaml(tmp_path, text))

@@ -19,7 +19,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_node.jobs import ImageAnalysis
 
-from .sr import MANUFACTURER, header_view, restore_verbatim, series_description
+from .sr import (
+    AI_CONTRIBUTION,
+    MANUFACTURER,
+    ai_equipment,
+    header_view,
+    restore_verbatim,
+    series_description,
+)
 
 MAX_SIDE = 1024
 """Long side of the whole SC, band included, at most this many pixels."""
@@ -277,6 +284,7 @@ def build_heatmap_sc(
         series_description=series_description(demo=analysis.model.demo, kind="heatmap"),
         manufacturer_model_name=analysis.model.name,
         software_versions=analysis.model.version,
+        contributing_equipment=[ai_equipment(analysis.model, AI_CONTRIBUTION)],
     )
     _finish(sc, source, orientation)
     restore_verbatim(sc, source)

@@ -28,7 +28,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, DT, TM
+from pydicom.valuerep import DA, DT, TM, validate_value
 
 from cxr_node.jobs import CodedConcept as JobCode
 from cxr_node.jobs import Finding, ImageAnalysis, ModelInfo, Priority, Region
@@ -56,6 +56,9 @@ COMMENT = CodedConcept("121106", "DCM", "Comment")
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 """TID 1500 row 12 container concept name."""
 
+AI_CONTRIBUTION = "AI model that produced these results (not a diagnosis)"
+"""Contribution Description (LO) of the algorithm's Contributing Equipment item."""
+
 SERIES_DESCRIPTION_MAX = 64
 """SeriesDescription is LO (PS3.5 Table 6.2-1)."""
 
@@ -78,6 +81,24 @@ def disclaimer(model: ModelInfo) -> str:
     if model.demo:
         text += " DEMO MODEL - NOT TRAINED: results are for demonstration and testing only."
     return text
+
+
+def ai_equipment(model: ModelInfo, description: str) -> hd.ContributingEquipment:
+    """The algorithm as Contributing Equipment (IHE AIR Rev 1.3 Vol 3 6.5.3.1).
+
+    Purpose of Reference (109102, DCM, "Processing Equipment"); Manufacturer, Model Name,
+    Software Versions and Device UID equal the TID 1004 device observer and the TID 4019
+    algorithm name and version, as AIR Table 6.5.3.1-1 requires.
+    """
+    item = hd.ContributingEquipment(
+        manufacturer=MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name,
+        software_versions=model.version,
+        contribution_description=description,
+    )
+    item.DeviceUID = model.device_uid  # Type 3 (PS3.3 C.12.1); no highdicom argument for it
+    return item
 
 
 def _code(concept: JobCode) -> CodedConcept:
@@ -106,7 +127,7 @@ def _algorithm(model: ModelInfo) -> hd.sr.AlgorithmIdentification:
     )
 
 
-def _observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
+def observation_context(model: ModelInfo) -> hd.sr.ObservationContext:
     """TID 1001 observation context with a TID 1004 device observer (the model)."""
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=model.device_uid,
@@ -133,7 +154,7 @@ def _probability(finding: Finding) -> hd.sr.Measurement:
     )
 
 
-def _text_evaluation(text: str) -> hd.sr.TextContentItem:
+def text_evaluation(text: str) -> hd.sr.TextContentItem:
     """TEXT qualitative evaluation (TID 1501 row 12, TID 1500 row 14)."""
     return hd.sr.TextContentItem(
         name=COMMENT, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -161,7 +182,7 @@ def _image_group(
         qualitative_evaluations=evaluations,
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
-    group[0].ContentSequence.append(_text_evaluation(disclaimer(analysis.model)))
+    group[0].ContentSequence.append(text_evaluation(disclaimer(analysis.model)))
     return group
 
 
@@ -233,7 +254,7 @@ def _report(
         | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = [_image_group(source, analysis, sr_uid), *_region_groups(source, analysis, sr_uid)]
     report = hd.sr.MeasurementReport(
-        observation_context=_observation_context(analysis.model),
+        observation_context=observation_context(analysis.model),
         procedure_reported=PROCEDURE_CHEST_XR,
         imaging_measurements=groups,
         referenced_images=[_library_image(source)],
@@ -241,14 +262,12 @@ def _report(
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
-    container.ContentSequence = hd.sr.ContentSequence(
-        [_text_evaluation(disclaimer(analysis.model))]
-    )
+    container.ContentSequence = hd.sr.ContentSequence([text_evaluation(disclaimer(analysis.model))])
     report[0].ContentSequence.append(container)
     return report
 
 
-def _private_scheme() -> Sequence[CodingSchemeIdentificationItem]:
+def private_coding_schemes() -> Sequence[CodingSchemeIdentificationItem]:
     """Coding Scheme Identification for the private scheme (PS3.3 C.12.1.1.4)."""
     return [
         CodingSchemeIdentificationItem(
@@ -300,23 +319,30 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
             setattr(view, keyword, _explicit_name(view[keyword].value))
     if view.PatientSex not in _SEXES and view.PatientSex is not None:
         view.PatientSex = ""
-    _blank_invalid_temporal_values(view)
+    _blank_values_invalid_for_their_vr(view)
     return view
 
 
 _TEMPORAL_VRS = {"DA": DA, "TM": TM, "DT": DT}
+_TEXT_VRS = {"AE", "AS", "CS", "LO", "SH"}  # not UI: identity must be kept as sent
 
 
-def _blank_invalid_temporal_values(view: pydicom.Dataset) -> None:
-    """Empty top-level dates and times that do not parse (e.g. "1970-01-31"): highdicom copies
-    them into the result and refuses invalid ones; an empty Type 2 value is what the standard
-    allows for an unknown one (PS3.5 6.2)."""
+def _blank_values_invalid_for_their_vr(view: pydicom.Dataset) -> None:
+    """Empty top-level values the result would copy but their VR forbids (PS3.5 6.2): dates and
+    times that do not parse (e.g. "1970-01-31"), which highdicom refuses, and strings too long
+    for their VR (a 56-character Accession Number, SH), which would make the result invalid.
+    An empty Type 2 value says "unknown"; a truncated one would say something false."""
     for element in view:
-        parse = _TEMPORAL_VRS.get(element.VR)
-        if parse is None or element.VM != 1 or not element.value:
+        if not element.value:
             continue
+        parse = _TEMPORAL_VRS.get(element.VR)
         try:
-            parse(str(element.value), validation_mode=pydicom.config.RAISE)
+            if parse is not None and element.VM == 1:
+                parse(str(element.value), validation_mode=pydicom.config.RAISE)
+            elif element.VR in _TEXT_VRS:
+                values = element.value if element.VM > 1 else [element.value]
+                for value in values:
+                    validate_value(element.VR, value, pydicom.config.RAISE)
         except (ValueError, TypeError):
             element.value = ""
 
@@ -360,7 +386,8 @@ def build_measurement_report(
         series_description=series_description(demo=analysis.model.demo),
         manufacturer_model_name=analysis.model.name,
         software_versions=analysis.model.version,
-        coding_schemes=_private_scheme(),
+        coding_schemes=private_coding_schemes(),
+        contributing_equipment=[ai_equipment(analysis.model, AI_CONTRIBUTION)],
     )
     restore_verbatim(sr, source)
     return sr

@@ -1,0 +1,148 @@
+"""Celery task: deliver every due result to one destination, over reused associations.
+
+One task at a time per destination (a lease in the ledger), so a destination that is down or
+slow holds up only its own deliveries, never another destination's, and never an analysis
+(delivery workers are separate processes). A destination that cannot be reached backs off
+exponentially; the schedule lives in the ledger, so it survives restarts. Permanent refusals
+are recorded with their reason and not retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import shared_task
+
+from cxr_node.destinations import Destination
+from cxr_node.dicom.scu import (
+    AssociationRefused,
+    DeliveryRejected,
+    DestinationUnreachable,
+    send_study,
+)
+from cxr_node.ledger import DeliveryRow, DeliveryState
+from cxr_node.logs import describe_exception
+from cxr_node.queue import DELIVER_TASK
+from cxr_node.spool import log_ref
+from workers.runtime import WorkerContext, context
+
+log = logging.getLogger(__name__)
+
+BATCH_SIZE = 20
+
+
+def backoff_seconds(failures: int, initial: float, ceiling: float) -> float:
+    """Exponential backoff after ``failures`` consecutive failures: initial, 2x, 4x ... ceiling."""
+    return float(min(initial * 2 ** max(failures - 1, 0), ceiling))
+
+
+def lease_seconds(ctx: WorkerContext) -> float:
+    """Long enough for one study's attempt (association, stores, release) with a margin."""
+    return 4 * ctx.settings.delivery_timeout_seconds + 30.0
+
+
+@shared_task(name=DELIVER_TASK, acks_late=True)
+def deliver_to(destination_name: str) -> None:
+    """Send every due study's results to one destination, then schedule the next attempt."""
+    ctx = context()
+    destination = ctx.settings.destination(destination_name)
+    token = ctx.ledger.acquire_destination(destination_name, lease_seconds(ctx))
+    if token is None:
+        return  # another task is delivering to it and will see our studies
+    try:
+        if destination is None:
+            _unconfigured(ctx, destination_name)
+        else:
+            _drain(ctx, destination, token)
+    finally:
+        ctx.ledger.release_destination(destination_name, token)
+    next_at = ctx.ledger.next_delivery_at(destination_name)
+    if next_at is not None:
+        ctx.queue.submit_delivery(destination_name, countdown=max(0.0, next_at - time.time()))
+
+
+def _drain(ctx: WorkerContext, destination: Destination, token: str) -> None:
+    """Deliver due studies until none is due, the destination fails, or the lease is lost."""
+    while True:
+        due = ctx.ledger.due_deliveries(destination.name, BATCH_SIZE)
+        if not due:
+            return
+        for row in due:
+            if not ctx.ledger.renew_destination(destination.name, token, lease_seconds(ctx)):
+                log.warning("lease on %s lost; stopping this round", destination.name)
+                return
+            if not _deliver_study(ctx, destination, row):
+                return
+
+
+def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRow) -> bool:
+    """One study to one destination; returns False when the destination is unusable now."""
+    name, study = destination.name, row.study_key
+    try:
+        files = [ctx.spool.resolve(result.path) for result in ctx.ledger.results_of(study)]
+        stored = send_study(ctx.pool, destination, files)
+    except DestinationUnreachable as exc:
+        _destination_down(ctx, name, row, str(exc))
+        return False
+    except AssociationRefused as exc:
+        _give_up_destination(ctx, name, str(exc))
+        return False
+    except DeliveryRejected as exc:
+        ctx.ledger.note_destination_outcome(name, reachable=True)
+        ctx.ledger.record_delivery(study, name, DeliveryState.FAILED, str(exc))
+        log.error("study %s: %s refused its results: %s", log_ref(study), name, exc)
+        return True
+    except Exception as exc:  # a bug or a broken result file: permanent, but recorded
+        reason = f"delivery failed: {describe_exception(exc)}"
+        ctx.ledger.record_delivery(study, name, DeliveryState.FAILED, reason)
+        log.error("study %s to %s: %s", log_ref(study), name, reason)
+        return True
+    ctx.ledger.note_destination_outcome(name, reachable=True)
+    ctx.ledger.record_delivery(study, name, DeliveryState.DELIVERED)
+    log.info("study %s: %d result objects delivered to %s", log_ref(study), stored, name)
+    return True
+
+
+def _destination_down(ctx: WorkerContext, name: str, row: DeliveryRow, error: str) -> None:
+    """Back off the whole destination; studies waiting longer than the limit fail."""
+    settings = ctx.settings
+    failures = ctx.ledger.note_destination_outcome(name, reachable=False)
+    wait = backoff_seconds(
+        failures, settings.delivery_retry_initial_seconds, settings.delivery_retry_max_seconds
+    )
+    now = time.time()
+    give_up_before = now - settings.delivery_give_up_after_seconds
+    reason = (
+        f"gave up after {settings.delivery_give_up_after_seconds / 3600:g} h "
+        f"of failed attempts: {error}"
+    )
+    for waiting in ctx.ledger.due_deliveries(name, limit=10_000):
+        if waiting.created_at < give_up_before:
+            ctx.ledger.record_delivery(waiting.study_key, name, DeliveryState.FAILED, reason)
+    if row.created_at >= give_up_before:
+        ctx.ledger.record_delivery(row.study_key, name, DeliveryState.PENDING, error, now + wait)
+    ctx.ledger.defer_destination(name, now + wait, error)
+    log.warning(
+        "%s unreachable (failure %d in a row): %s; next attempt in %.0f s",
+        name,
+        failures,
+        error,
+        wait,
+    )
+
+
+def _give_up_destination(ctx: WorkerContext, name: str, reason: str) -> None:
+    """The destination refuses us for good: everything due to it fails with the reason."""
+    ctx.ledger.note_destination_outcome(name, reachable=True)
+    for row in ctx.ledger.due_deliveries(name, limit=10_000):
+        ctx.ledger.record_delivery(row.study_key, name, DeliveryState.FAILED, reason)
+    log.error("%s: %s; its deliveries failed and are not retried", name, reason)
+
+
+def _unconfigured(ctx: WorkerContext, name: str) -> None:
+    """This worker's settings lack the destination: retried (another worker, or a corrected
+    configuration, may know it) until the give-up limit, never dropped silently."""
+    due = ctx.ledger.due_deliveries(name, limit=1)
+    if due:
+        _destination_down(ctx, name, due[0], f"destination {name} is not in this worker's settings")
