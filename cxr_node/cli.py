@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -98,6 +97,37 @@ def _parser() -> argparse.ArgumentParser:
     _common(studies)
     studies.add_argument("--last", type=int, default=20)
     studies.add_argument("--json", action="store_true")
+
+    status = commands.add_parser("status", help="one study: state, reasons, images, deliveries")
+    _common(status)
+    status.add_argument("study_uid", metavar="STUDY_UID")
+    status.add_argument("--json", action="store_true")
+
+    reprocess = commands.add_parser("reprocess", help="analyse a study again and resend results")
+    _common(reprocess)
+    reprocess.add_argument("study_uid", metavar="STUDY_UID")
+
+    aet = commands.add_parser("aet", help="known sources (calling AE titles) and their routes")
+    aet_commands = aet.add_subparsers(dest="aet_command", required=True)
+    aet_list = aet_commands.add_parser("list", help="known sources, from the ledger and the file")
+    _common(aet_list)
+    aet_list.add_argument("--json", action="store_true")
+    aet_add = aet_commands.add_parser("add", help="add (or replace) a known source")
+    _common(aet_add)
+    aet_add.add_argument("ae_title", metavar="AE_TITLE")
+    aet_add.add_argument("--host", help="only from this IP address or network (CIDR)")
+    aet_add.add_argument(
+        "--destination",
+        action="append",
+        dest="route",
+        default=[],
+        metavar="NAME",
+        help="destination name its results go to (repeatable; none: results are kept only)",
+    )
+    aet_remove = aet_commands.add_parser("remove", help="forget a known source")
+    _common(aet_remove)
+    aet_remove.add_argument("ae_title", metavar="AE_TITLE")
+    aet_remove.add_argument("--host")
     return parser
 
 
@@ -186,6 +216,18 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "studies":
         return _print_studies(settings, args.last, args.json)
+    if args.command == "status":
+        from cxr_node.reports import print_status
+
+        return print_status(settings, args.study_uid, as_json=args.json)
+    if args.command == "reprocess":
+        from cxr_node.reports import request_reprocess
+
+        return request_reprocess(settings, args.study_uid)
+    if args.command == "aet":
+        from cxr_node.sources_cli import run_aet
+
+        return run_aet(settings, args)
     raise AssertionError(args.command)
 
 
@@ -208,37 +250,6 @@ def _verify_bundles(settings: Settings) -> int:
 
 
 def _print_studies(settings: Settings, last: int, as_json: bool) -> int:
-    from cxr_node.ledger import Ledger
+    from cxr_node.reports import print_studies
 
-    ledger = Ledger(settings.ledger)
-    rows = ledger.list_studies(last)
-    if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "study_key": row.study_key,
-                        "state": row.state.value,
-                        "reason_code": row.reason_code,
-                        "reason": row.reason,
-                        "updated_at": row.updated_at,
-                        "deliveries": {
-                            name: {
-                                "state": d.state.value,
-                                "attempts": d.attempts,
-                                "last_error": d.last_error,
-                                "next_attempt_at": d.next_attempt_at,
-                            }
-                            for name, d in ledger.deliveries_of(row.study_key).items()
-                        },
-                    }
-                    for row in rows
-                ],
-                indent=2,
-            )
-        )
-    else:
-        for row in rows:
-            reason = f"  {row.reason_code}: {row.reason}" if row.reason_code else ""
-            print(f"{row.study_key}  {row.state.value}{reason}")
-    return 0
+    return print_studies(settings, last, as_json=as_json)

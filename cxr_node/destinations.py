@@ -10,6 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,37 @@ class TlsOptions(BaseModel):
         context.check_hostname = self.verify_hostname
         if self.cert_file is not None and self.key_file is not None:
             context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+class ListenerTls(BaseModel):
+    """DICOM TLS on our listener (PS3.15 B.1): our certificate, and who may connect."""
+
+    model_config = {"extra": "forbid"}
+
+    cert_file: Path = Field(description="our certificate (PEM), with its chain")
+    key_file: Path = Field(description="its private key (PEM)")
+    ca_file: Path | None = Field(default=None, description="CA that signs client certificates")
+    require_client_certificate: bool = Field(
+        default=True, description="refuse a TLS client without a certificate that ca_file signs"
+    )
+
+    @model_validator(mode="after")
+    def _client_auth_needs_ca(self) -> ListenerTls:
+        if self.require_client_certificate and self.ca_file is None:
+            raise ValueError("require_client_certificate needs ca_file")
+        return self
+
+    def server_context(self) -> ssl.SSLContext:
+        """An SSL context for accepting associations (TLS 1.2 or later)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.cert_file, self.key_file)
+        context.verify_mode = (
+            ssl.CERT_REQUIRED if self.require_client_certificate else ssl.CERT_OPTIONAL
+        )
+        if self.ca_file is None:
+            context.verify_mode = ssl.CERT_NONE
         return context
 
 
@@ -143,25 +177,56 @@ class SourceRule(BaseModel):
             return False
 
 
+SourceProvider = Callable[[], list[SourceRule]]
+"""Returns the sources managed at run time (``cxr-node aet``), read from the ledger."""
+
+
 class Router:
-    """Per-source routing: which destinations get the results of a study from a sender."""
+    """Per-source routing and access: which senders are known, where their results go.
+
+    Sources come from the configuration file and from the ledger (``cxr-node aet add``); the
+    ledger's are re-read at most every ``refresh_seconds``, so changes apply without a restart.
+    Run-time sources come first: an operator's ``aet add`` overrides a file rule.
+    """
 
     def __init__(
         self,
         destinations: list[Destination],
         sources: list[SourceRule],
         default_destinations: list[str] | None,
+        managed_sources: SourceProvider | None = None,
+        refresh_seconds: float = 2.0,
     ) -> None:
-        self._sources = sources
+        self._configured = list(sources)
+        self._managed_provider = managed_sources
+        self._refresh_seconds = refresh_seconds
+        self._managed: list[SourceRule] = []
+        self._read_at = -float("inf")
+        self._lock = threading.Lock()
         self._default = (
             [d.name for d in destinations]
             if default_destinations is None
             else list(default_destinations)
         )
 
+    def sources(self) -> list[SourceRule]:
+        """Every known source, run-time ones first."""
+        if self._managed_provider is not None:
+            with self._lock:
+                now = time.monotonic()
+                if now - self._read_at >= self._refresh_seconds:
+                    self._managed = self._managed_provider()
+                    self._read_at = now
+                managed = list(self._managed)
+        else:
+            managed = []
+        return managed + self._configured
+
+    def known_source(self, calling_ae: str, address: str | None) -> SourceRule | None:
+        """The rule that matches a sender, or None when it is unknown."""
+        return next((r for r in self.sources() if r.matches(calling_ae, address)), None)
+
     def destinations_for(self, calling_ae: str, address: str | None = None) -> list[str]:
         """Destination names for a study sent by ``calling_ae`` from ``address``."""
-        for rule in self._sources:
-            if rule.matches(calling_ae, address):
-                return list(rule.destinations)
-        return list(self._default)
+        rule = self.known_source(calling_ae, address)
+        return list(rule.destinations) if rule is not None else list(self._default)

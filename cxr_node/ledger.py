@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from cxr_node.destinations import SourceRule
+
 
 class StudyState(StrEnum):
     """States of a study, in the order it normally passes through them."""
@@ -74,6 +76,7 @@ instances = sa.Table(
     sa.Column("reason_code", sa.String(40)),
     sa.Column("reason", sa.Text),
     sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64)),
 )
 
 results = sa.Table(
@@ -110,6 +113,23 @@ destination_leases = sa.Table(
     sa.Column("retry_at", sa.Float),
 )
 
+sources = sa.Table(
+    "sources",
+    _metadata,
+    sa.Column("ae_title", sa.String(16), primary_key=True),
+    sa.Column("host", sa.String(64), primary_key=True, default=""),
+    sa.Column("destinations", sa.Text, nullable=False, default="[]"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+changes = sa.Table(
+    "changes",
+    _metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("what", sa.Text, nullable=False),
+)
+
 events = sa.Table(
     "events",
     _metadata,
@@ -136,6 +156,7 @@ class StudyRow:
     attempts: int
     calling_ae: str | None = None
     notice_state: str | None = None
+    created_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -252,14 +273,25 @@ class Ledger:
         reason: str | None,
         calling_ae: str,
         destinations: list[str],
+        sha256: str | None = None,
     ) -> bool:
-        """Record a spooled instance; return False when the instance was already known."""
+        """Record a spooled instance; return False when the instance was already known with the
+        same content. Known with other content (a corrected image), it replaces the old row and
+        the study is assembled again."""
         now = time.time()
 
         def attempt() -> bool:
             with self._begin() as db:
-                if self._instance_known(db, study_key, sop_instance_uid):
+                known = self._instance_digest(db, study_key, sop_instance_uid)
+                if known is not None and (sha256 is None or known == sha256):
                     return False
+                if known is not None:
+                    db.execute(
+                        instances.delete().where(
+                            instances.c.study_key == study_key,
+                            instances.c.sop_instance_uid == sop_instance_uid,
+                        )
+                    )
                 db.execute(
                     instances.insert().values(
                         study_key=study_key,
@@ -271,6 +303,7 @@ class Ledger:
                         reason_code=reason_code,
                         reason=reason,
                         received_at=now,
+                        sha256=sha256,
                     )
                 )
                 study = db.execute(
@@ -320,16 +353,48 @@ class Ledger:
             return attempt()
 
     @staticmethod
-    def _instance_known(db: Connection, study_key: str, sop_instance_uid: str) -> bool:
-        return (
-            db.execute(
-                sa.select(instances.c.path).where(
-                    instances.c.study_key == study_key,
-                    instances.c.sop_instance_uid == sop_instance_uid,
-                )
+    def _instance_digest(db: Connection, study_key: str, sop_instance_uid: str) -> str | None:
+        """The known instance's content digest ("" when unknown content), or None if new."""
+        row = db.execute(
+            sa.select(instances.c.sha256).where(
+                instances.c.study_key == study_key,
+                instances.c.sop_instance_uid == sop_instance_uid,
+            )
+        ).first()
+        return None if row is None else (row.sha256 or "")
+
+    def instance_digest(self, study_key: str, sop_instance_uid: str) -> str | None:
+        """The stored content digest of an instance ("" if not recorded), or None when new."""
+        with self._begin() as db:
+            return self._instance_digest(db, study_key, sop_instance_uid)
+
+    def reprocess(self, study_key: str) -> StudyState | None:
+        """Analyse a study again (``cxr-node reprocess``): back to RECEIVED, assembled at once.
+
+        Returns the state it left, or None when it is unknown or being analysed right now.
+        """
+        with self._begin() as db:
+            row = db.execute(
+                sa.select(studies.c.state).where(studies.c.study_key == study_key)
             ).first()
-            is not None
-        )
+            if row is None or row.state in {StudyState.QUEUED, StudyState.ANALYSING}:
+                return None
+            db.execute(
+                studies.update()
+                .where(studies.c.study_key == study_key)
+                .values(
+                    state=StudyState.RECEIVED,
+                    reason_code=None,
+                    reason=None,
+                    notice_state=None,
+                    attempts=0,
+                    lease_until=None,
+                    last_received_at=0.0,
+                    updated_at=time.time(),
+                )
+            )
+            self._event(db, study_key, StudyState.RECEIVED, "reprocess requested")
+            return StudyState(row.state)
 
     # --- assembly and recovery ----------------------------------------------------------------
 
@@ -857,6 +922,68 @@ class Ledger:
                 if closed:
                     self._event(db, study_key, final, None)
 
+    # --- known sources (``cxr-node aet``) ------------------------------------------------------
+
+    def list_sources(self) -> list[SourceRule]:
+        """Sources managed at run time, in a stable order."""
+        with self._begin() as db:
+            rows = db.execute(sa.select(sources).order_by(sources.c.ae_title, sources.c.host))
+            return [
+                SourceRule(
+                    ae_title=row.ae_title,
+                    host=row.host or None,
+                    destinations=json.loads(row.destinations or "[]"),
+                )
+                for row in rows
+            ]
+
+    def put_source(self, rule: SourceRule) -> bool:
+        """Add a source, or replace the one with its AE title and host; True when it was new."""
+        host = rule.host or ""
+        with self._begin() as db:
+            existed = db.execute(
+                sources.delete().where(sources.c.ae_title == rule.ae_title, sources.c.host == host)
+            ).rowcount
+            db.execute(
+                sources.insert().values(
+                    ae_title=rule.ae_title,
+                    host=host,
+                    destinations=json.dumps(rule.destinations),
+                    updated_at=time.time(),
+                )
+            )
+            verb = "replaced" if existed else "added"
+            db.execute(
+                changes.insert().values(
+                    at=time.time(),
+                    what=f"source {verb}: {rule.ae_title} host={host or '*'} "
+                    f"destinations={','.join(rule.destinations) or '-'}",
+                )
+            )
+        return not existed
+
+    def remove_source(self, ae_title: str, host: str | None = None) -> bool:
+        """Forget a source; False when there was none."""
+        with self._begin() as db:
+            removed = db.execute(
+                sources.delete().where(
+                    sources.c.ae_title == ae_title, sources.c.host == (host or "")
+                )
+            ).rowcount
+            if removed:
+                db.execute(
+                    changes.insert().values(
+                        at=time.time(), what=f"source removed: {ae_title} host={host or '*'}"
+                    )
+                )
+        return bool(removed)
+
+    def recent_changes(self, limit: int = 20) -> list[tuple[float, str]]:
+        """The latest configuration changes made at run time, newest first."""
+        with self._begin() as db:
+            rows = db.execute(sa.select(changes).order_by(changes.c.id.desc()).limit(limit))
+            return [(row.at, row.what) for row in rows]
+
     # --- queries ------------------------------------------------------------------------------
 
     def study(self, study_key: str) -> StudyRow | None:
@@ -910,6 +1037,14 @@ class Ledger:
             )
             for row in rows
         ]
+
+    def events_of(self, study_key: str) -> list[tuple[float, str, str | None]]:
+        """A study's history: (time, state, detail), oldest first."""
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(events).where(events.c.study_key == study_key).order_by(events.c.id)
+            ).all()
+        return [(row.at, row.state, row.detail) for row in rows]
 
     def deliveries_of(self, study_key: str) -> dict[str, DeliveryRow]:
         """Destination name -> its delivery, for one study."""
@@ -979,4 +1114,5 @@ class Ledger:
             attempts=row.attempts,
             calling_ae=row.calling_ae,
             notice_state=row.notice_state,
+            created_at=row.created_at,
         )

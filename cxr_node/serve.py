@@ -8,6 +8,7 @@ import threading
 from types import FrameType
 
 from cxr_node.assembly import StudyAssembler
+from cxr_node.demo import demo_mode
 from cxr_node.destinations import Router
 from cxr_node.dicom.handlers import StoreHandler
 from cxr_node.dicom.scp import start_server
@@ -19,15 +20,21 @@ from cxr_node.spool import Spool
 
 log = logging.getLogger(__name__)
 
-MIN_FREE_SPOOL_BYTES = 512 * 1024 * 1024
-
 
 def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM; then stop listening, finish, and stop the worker."""
     spool = Spool(settings.spool_path)
     ledger = Ledger(settings.ledger)
     queue = JobQueue(settings)
-    router = Router(settings.destinations, settings.sources, settings.default_destinations)
+    router = Router(
+        settings.destinations,
+        settings.sources,
+        settings.default_destinations,
+        managed_sources=ledger.list_sources,
+    )
+    require_known = settings.require_known_sources
+    if require_known is None:
+        require_known = not demo_mode(settings.models_path)
 
     supervisors = (
         [WorkerSupervisor(settings, role) for role in ("analysis", "delivery")]
@@ -46,9 +53,18 @@ def serve(settings: Settings) -> None:
     assembler.recover(at_start=True)
 
     handler = StoreHandler(
-        spool, ledger, router.destinations_for, min_free_bytes=MIN_FREE_SPOOL_BYTES
+        spool,
+        ledger,
+        router.destinations_for,
+        min_free_bytes=settings.spool_min_free_bytes,
+        max_instance_bytes=settings.max_instance_bytes,
     )
-    server = start_server(settings, handler)
+    gate = (
+        (lambda ae, address: router.known_source(ae, address) is not None)
+        if require_known
+        else None
+    )
+    server = start_server(settings, handler, gate)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -66,6 +82,10 @@ def serve(settings: Settings) -> None:
         mode,
         ", ".join(f"{d.name} ({d})" for d in settings.destinations) or "no destination",
     )
+    if require_known:
+        log.info("only known sources may send (%d known)", len(router.sources()))
+    else:
+        log.warning("any calling AE title may send (require_known_sources is off)")
     try:
         assembler.run(stop)
     finally:

@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from cxr_node.destinations import Destination, SourceRule, validate_ae_title
+from cxr_node.destinations import Destination, ListenerTls, SourceRule, validate_ae_title
 from cxr_node.errors import ConfigurationError
 
 
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     sources: list[SourceRule] = Field(
         default_factory=list, description="known senders and where their results go"
     )
+    require_known_sources: bool | None = Field(
+        default=None,
+        description="refuse associations from unknown calling AE titles; unset: on unless "
+        "every installed model is a DEMO",
+    )
     default_destinations: list[str] | None = Field(
         default=None, description="destinations for senders without a rule; unset: all"
     )
@@ -84,8 +89,18 @@ class Settings(BaseSettings):
     abnormality_score: Literal["max_normalised", "max_probability"] = Field(
         default="max_normalised", description="How the study score is made (docs/architecture)"
     )
+    tls: ListenerTls | None = Field(default=None, description="DICOM TLS on the listener")
     max_pdu: int = Field(default=262144, ge=0)
+    max_associations: int = Field(default=16, ge=1, le=1000)
+    acse_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    dimse_timeout_seconds: float = Field(default=60.0, gt=0.0)
     network_timeout_seconds: float = Field(default=60.0, gt=0.0)
+    max_instance_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=1024, description="larger instances: Out of Resources"
+    )
+    spool_min_free_bytes: int = Field(
+        default=512 * 1024 * 1024, ge=0, description="below this free space: Out of Resources"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("ae_title")

@@ -7,6 +7,7 @@ raises: pynetdicom would answer 0xC211 and the sender would learn nothing (PS3.4
 from __future__ import annotations
 
 import errno
+import hashlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -36,12 +37,18 @@ class StoreHandler:
     """C-STORE SCP (PS3.4 Annex B): spool durably, record in the ledger, then answer."""
 
     def __init__(
-        self, spool: Spool, ledger: Ledger, router: DestinationRouter, min_free_bytes: int
+        self,
+        spool: Spool,
+        ledger: Ledger,
+        router: DestinationRouter,
+        min_free_bytes: int,
+        max_instance_bytes: int | None = None,
     ) -> None:
         self._spool = spool
         self._ledger = ledger
         self._router = router
         self._min_free_bytes = min_free_bytes
+        self._max_instance_bytes = max_instance_bytes
 
     def __call__(self, event: Any) -> int:
         """Handle one ``evt.EVT_C_STORE``; always return a status, never raise."""
@@ -89,6 +96,14 @@ class StoreHandler:
         if self._spool.free_bytes() < self._min_free_bytes:
             log.error("spool free space under the floor: answering Out of Resources")
             return status.OUT_OF_RESOURCES
+        size = len(event.request.DataSet.getvalue())
+        if self._max_instance_bytes is not None and size > self._max_instance_bytes:
+            log.warning(
+                "from %s: instance of %d bytes over max_instance_bytes: Out of Resources",
+                calling_ae,
+                size,
+            )
+            return status.OUT_OF_RESOURCES
 
         try:
             decision = intake.evaluate(dataset)
@@ -97,10 +112,21 @@ class StoreHandler:
                 False, "BAD_HEADER", f"unreadable header ({type(exc).__name__})"
             )
 
+        study_key = safe_key(study_uid)
+        digest = hashlib.sha256(event.request.DataSet.getvalue()).hexdigest()
+        if self._ledger.instance_digest(study_key, sop_uid) == digest:
+            log.info(
+                "instance %s of study %s from %s already stored with the same content: "
+                "not analysed again (cxr-node reprocess does that)",
+                log_ref(sop_uid),
+                log_ref(study_uid),
+                calling_ae,
+            )
+            return status.SUCCESS
         path = self._spool.instance_path(study_uid, sop_uid)
         size = self._spool.write_atomically(path, [_encode_as_received(event)])
         is_new = self._ledger.record_instance(
-            study_key=safe_key(study_uid),
+            study_key=study_key,
             study_uid=study_uid,
             sop_instance_uid=sop_uid,
             sop_class_uid=sop_class,
@@ -111,6 +137,7 @@ class StoreHandler:
             reason=decision.reason,
             calling_ae=calling_ae,
             destinations=self._router(calling_ae, _peer_address(event)),
+            sha256=digest,
         )
         log.info(
             "stored instance %s of study %s from %s (%d bytes)%s%s",
@@ -119,7 +146,7 @@ class StoreHandler:
             calling_ae,
             size,
             "" if decision.eligible else f", not analysed: {decision.reason_code}",
-            "" if is_new else ", already known",
+            "" if is_new else ", already known",  # stored by a concurrent association
         )
         return status.SUCCESS
 

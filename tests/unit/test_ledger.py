@@ -663,3 +663,58 @@ def test_a_ledger_from_an_older_version_gains_the_new_columns(tmp_path: Path) ->
         assert upgraded.due_deliveries(PACS) == []
     finally:
         upgraded.close()
+
+
+# --- duplicates and reprocessing ----------------------------------------------------------------
+
+
+def test_a_resent_instance_with_the_same_content_is_not_news(ledger: Ledger) -> None:
+    assert ledger.record_instance(**_instance_args(sha256="aa")) is True
+    assert ledger.instance_digest(STUDY, "1.2.3.1") == "aa"
+    assert ledger.record_instance(**_instance_args(sha256="aa")) is False
+    assert ledger.instance_digest(STUDY, "1.2.3.9") is None
+
+
+def test_a_resent_instance_with_new_content_reopens_its_study(ledger: Ledger) -> None:
+    ledger.record_instance(**_instance_args(sha256="aa"))
+    analysed(ledger, [PACS])
+    assert ledger.record_instance(**_instance_args(sha256="bb")) is True
+    assert state(ledger) is StudyState.RECEIVED
+    assert ledger.instance_digest(STUDY, "1.2.3.1") == "bb"
+    assert len(ledger.instances_of(STUDY)) == 1
+
+
+def test_reprocess_sends_a_finished_study_back_to_assembly(ledger: Ledger) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED)
+    assert ledger.reprocess(STUDY) is StudyState.DELIVERED
+    assert state(ledger) is StudyState.RECEIVED
+    assert ledger.studies_quiet_since(3600.0) == [STUDY]  # assembled without waiting
+    assert ledger.study(STUDY).attempts == 0  # type: ignore[union-attr]
+    assert ledger.reprocess("1.2.999") is None
+
+
+def test_reprocess_refuses_a_study_being_analysed(ledger: Ledger) -> None:
+    record(ledger)
+    ledger.mark_queued(STUDY)
+    assert ledger.reprocess(STUDY) is None
+    assert ledger.claim(STUDY, 60)
+    assert ledger.reprocess(STUDY) is None
+
+
+def _instance_args(sha256: str) -> dict[str, object]:
+    return {
+        "study_key": STUDY,
+        "study_uid": STUDY,
+        "sop_instance_uid": "1.2.3.1",
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.1",
+        "path": f"{STUDY}/1.2.3.1.dcm",
+        "size": 1234,
+        "eligible": True,
+        "reason_code": None,
+        "reason": None,
+        "calling_ae": "MODALITY",
+        "destinations": [PACS],
+        "sha256": sha256,
+    }

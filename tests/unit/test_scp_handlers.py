@@ -19,9 +19,10 @@ from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from cxr_node.destinations import Router, SourceRule
 from cxr_node.dicom import status
 from cxr_node.dicom.handlers import StoreHandler
-from cxr_node.dicom.scp import start_server
+from cxr_node.dicom.scp import SourceGate, start_server
 from cxr_node.ledger import Ledger, StudyState
 from cxr_node.settings import Settings, load_settings
 from cxr_node.spool import Spool, safe_key
@@ -33,14 +34,26 @@ PACS = "PACS"
 class Node:
     """A running SCP with its spool, ledger and the calls its router saw."""
 
-    def __init__(self, settings: Settings, min_free_bytes: int) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        min_free_bytes: int,
+        gate: SourceGate | None = None,
+        max_instance_bytes: int | None = None,
+    ) -> None:
         self.settings = settings
         self.spool = Spool(settings.spool_path)
         self.ledger = Ledger(settings.ledger)
         self.routed: list[str] = []
         self.addresses: list[str | None] = []
-        handler = StoreHandler(self.spool, self.ledger, self._route, min_free_bytes=min_free_bytes)
-        self.server = start_server(settings, handler)
+        handler = StoreHandler(
+            self.spool,
+            self.ledger,
+            self._route,
+            min_free_bytes=min_free_bytes,
+            max_instance_bytes=max_instance_bytes,
+        )
+        self.server = start_server(settings, handler, gate)
 
     def _route(self, calling_ae: str, address: str | None) -> list[str]:
         self.routed.append(calling_ae)
@@ -60,14 +73,18 @@ class Node:
 def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def start(min_free_bytes: int = 0) -> Node:
+    def start(
+        min_free_bytes: int = 0,
+        gate: SourceGate | None = None,
+        max_instance_bytes: int | None = None,
+    ) -> Node:
         settings = load_settings(
             data_dir=tmp_path / f"node{len(nodes)}",
             port=free_port(),
             bind_address="127.0.0.1",
             network_timeout_seconds=10,
         )
-        node = Node(settings, min_free_bytes)
+        node = Node(settings, min_free_bytes, gate, max_instance_bytes)
         nodes.append(node)
         return node
 
@@ -282,3 +299,63 @@ def test_several_instances_of_one_study_in_one_association(node: Node) -> None:
     instances = node.ledger.instances_of(safe_key(first.StudyInstanceUID))
     assert {i.sop_instance_uid for i in instances} == {first.SOPInstanceUID, second.SOPInstanceUID}
     assert len(node.files_of(first.StudyInstanceUID)) == 2
+
+
+# --- who may associate ------------------------------------------------------------------------
+
+
+def _associate(port: int, calling: str, called: str = "CXR_NODE") -> Association:
+    ae = AE(ae_title=calling)
+    ae.add_requested_context(Verification)
+    return ae.associate("127.0.0.1", port, ae_title=called)
+
+
+def test_only_known_sources_may_associate_and_changes_apply_at_once(
+    start_node: Callable[..., Node],
+) -> None:
+    managed: list[SourceRule] = []
+    router = Router([], [SourceRule(ae_title="FILE_RULE")], None, lambda: managed, 0.0)
+    node = start_node(gate=lambda ae, address: router.known_source(ae, address) is not None)
+    port = node.settings.port
+
+    refused = _associate(port, "STRANGER")
+    assert refused.is_rejected
+    primitive = refused.acceptor.primitive
+    assert (primitive.result, primitive.result_source, primitive.diagnostic) == (1, 1, 3)
+
+    for calling in ("FILE_RULE",):
+        accepted = _associate(port, calling)
+        assert accepted.is_established
+        accepted.release()
+
+    managed.append(SourceRule(ae_title="STRANGER", host="127.0.0.0/8"))  # cxr-node aet add
+    now_known = _associate(port, "STRANGER")
+    assert now_known.is_established
+    now_known.release()
+
+    managed[0] = SourceRule(ae_title="STRANGER", host="10.0.0.0/8")  # not from loopback
+    assert _associate(port, "STRANGER").is_rejected
+
+
+def test_a_wrong_called_ae_title_is_rejected(node: Node) -> None:
+    refused = _associate(node.settings.port, "MODALITY", called="SOMEONE_ELSE")
+    assert refused.is_rejected
+    primitive = refused.acceptor.primitive
+    assert (primitive.result, primitive.result_source, primitive.diagnostic) == (1, 1, 7)
+
+
+def test_an_instance_over_the_size_limit_is_out_of_resources(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node(max_instance_bytes=4096)
+    ds = make_cr_chest(64, 80)  # 10 kB of pixels
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", node.settings.port, ae_title="CXR_NODE")
+    try:
+        answer = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert answer.Status == status.OUT_OF_RESOURCES
+    assert node.files_of(ds.StudyInstanceUID) == []
+    assert node.ledger.study(safe_key(ds.StudyInstanceUID)) is None
