@@ -84,6 +84,10 @@ class WorkerSupervisor:
                 process.kill()
                 process.wait()
         self._thread.join(timeout)
+        late = self._process
+        if late is not None and late is not process and late.poll() is None:
+            late.kill()  # spawned while we were stopping
+            late.wait()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "cxr_node", "worker", "--config", str(self._config)]
@@ -102,6 +106,9 @@ class WorkerSupervisor:
                 while self._process.poll() is None and not self._stop.wait(0.5):
                     pass
                 if self._stop.is_set():
+                    # PR_SET_PDEATHSIG fires when the *thread* that started the child ends:
+                    # stay until the child has shut down gracefully (stop() sent SIGTERM).
+                    self._process.wait()
                     return
                 log.error("%s worker exited with %s", self.role, self._process.returncode)
             log.info("restarting the %s worker in %.0f s", self.role, backoff)

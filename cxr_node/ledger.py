@@ -111,6 +111,7 @@ destination_leases = sa.Table(
     sa.Column("lease_until", sa.Float),
     sa.Column("failures", sa.Integer, nullable=False, default=0),
     sa.Column("retry_at", sa.Float),
+    sa.Column("down_since", sa.Float),
 )
 
 sources = sa.Table(
@@ -201,6 +202,9 @@ class NoticeState(StrEnum):
     IMPOSSIBLE = "impossible"
 
 
+_FINISHED_NOT_ANALYSED = (StudyState.NOT_ELIGIBLE, StudyState.FAILED)
+
+
 def _destination_names(payload: str | None) -> list[str]:
     """Destination names stored with a study (a ledger written before names held mappings)."""
     items = json.loads(payload or "[]")
@@ -247,6 +251,17 @@ class Ledger:
                         db.execute(
                             sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
                         )
+                        if (table.name, column.name) == ("studies", "notice_state"):
+                            # studies finished before notices existed do not get one now
+                            db.execute(
+                                studies.update()
+                                .where(studies.c.state.in_(_FINISHED_NOT_ANALYSED))
+                                .values(notice_state=NoticeState.IMPOSSIBLE)
+                            )
+                        if (table.name, column.name) == ("deliveries", "created_at"):
+                            db.execute(
+                                deliveries.update().values(created_at=deliveries.c.updated_at)
+                            )
 
     def close(self) -> None:
         """Release connections."""
@@ -637,7 +652,7 @@ class Ledger:
             ):
                 return False
             self._put_result(db, study_key, row, now)
-            for name in json.loads(study.destinations or "[]"):
+            for name in _destination_names(study.destinations):
                 exists = db.execute(
                     sa.select(deliveries.c.state).where(
                         deliveries.c.study_key == study_key, deliveries.c.destination == name
@@ -774,7 +789,7 @@ class Ledger:
         """Count consecutive failures to reach a destination; returns the count now."""
         with self._begin() as db:
             values: dict[str, Any] = (
-                {"failures": 0, "retry_at": None}
+                {"failures": 0, "retry_at": None, "down_since": None}
                 if reachable
                 else {"failures": destination_leases.c.failures + 1}
             )
@@ -789,6 +804,26 @@ class Ledger:
                 )
             ).scalar()
         return int(failures or 0)
+
+    def note_destination_failure(self, destination: str) -> tuple[int, float]:
+        """One more failure to reach a destination: (consecutive failures, down since)."""
+        failures = self.note_destination_outcome(destination, reachable=False)
+        now = time.time()
+        with self._begin() as db:
+            db.execute(
+                destination_leases.update()
+                .where(
+                    destination_leases.c.destination == destination,
+                    destination_leases.c.down_since.is_(None),
+                )
+                .values(down_since=now)
+            )
+            since = db.execute(
+                sa.select(destination_leases.c.down_since).where(
+                    destination_leases.c.destination == destination
+                )
+            ).scalar()
+        return failures, float(since if since is not None else now)
 
     def defer_destination(self, destination: str, until: float, error: str) -> None:
         """The destination cannot be reached: its pending deliveries (and new ones) wait."""
@@ -879,17 +914,38 @@ class Ledger:
         state: DeliveryState,
         error: str | None = None,
         next_attempt_at: float | None = None,
+        *,
+        opened_at: float | None = None,
     ) -> None:
         """One delivery attempt's outcome; the study becomes DELIVERED when none is pending.
 
         A PENDING outcome (a transient failure) says when to try again. Only an ANALYSED study
         changes state: a "not analysed" notice's delivery leaves its study's reason alone.
+        With ``opened_at`` (the delivery's ``created_at`` when the sender read it), nothing is
+        written unless that same delivery is still pending: one reopened meanwhile (the study
+        analysed again) is not marked by an attempt that sent the older results.
         """
         now = time.time()
         with self._begin() as db:
+            # Lock the study row first: two destinations finishing at once must not both see
+            # the other still pending (READ COMMITTED on PostgreSQL); SQLite serialises anyway.
             db.execute(
+                sa.select(studies.c.study_key)
+                .where(studies.c.study_key == study_key)
+                .with_for_update()
+            ).first()
+            which = sa.and_(
+                deliveries.c.study_key == study_key, deliveries.c.destination == destination
+            )
+            if opened_at is not None:
+                which = sa.and_(
+                    which,
+                    deliveries.c.state == DeliveryState.PENDING,
+                    deliveries.c.created_at == opened_at,
+                )
+            changed = db.execute(
                 deliveries.update()
-                .where(deliveries.c.study_key == study_key, deliveries.c.destination == destination)
+                .where(which)
                 .values(
                     state=state,
                     attempts=deliveries.c.attempts + 1,
@@ -897,7 +953,9 @@ class Ledger:
                     updated_at=now,
                     next_attempt_at=next_attempt_at if state == DeliveryState.PENDING else None,
                 )
-            )
+            ).rowcount
+            if not changed:
+                return
             remaining = db.execute(
                 sa.select(deliveries.c.state).where(deliveries.c.study_key == study_key)
             ).all()

@@ -41,8 +41,6 @@ def serve(settings: Settings) -> None:
         if settings.embedded_queue
         else []
     )
-    for supervisor in supervisors:
-        supervisor.start()
     assembler = StudyAssembler(
         ledger,
         queue,
@@ -50,7 +48,9 @@ def serve(settings: Settings) -> None:
         owns_all_workers=settings.embedded_queue,
         not_analysed_report=settings.not_analysed_report,
     )
-    assembler.recover(at_start=True)
+    assembler.recover(at_start=True)  # before the workers start: it frees their old leases
+    for supervisor in supervisors:
+        supervisor.start()
 
     handler = StoreHandler(
         spool,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
+import sqlalchemy as sa
 from celery import shared_task
 
 from cxr_node.destinations import Destination
@@ -34,12 +35,14 @@ BATCH_SIZE = 20
 
 def backoff_seconds(failures: int, initial: float, ceiling: float) -> float:
     """Exponential backoff after ``failures`` consecutive failures: initial, 2x, 4x ... ceiling."""
-    return float(min(initial * 2 ** max(failures - 1, 0), ceiling))
+    exponent = min(max(failures - 1, 0), 40)  # 2**40 * initial is past any ceiling
+    return float(min(initial * 2**exponent, ceiling))
 
 
 def lease_seconds(ctx: WorkerContext) -> float:
-    """Long enough for one study's attempt (association, stores, release) with a margin."""
-    return 4 * ctx.settings.delivery_timeout_seconds + 30.0
+    """Long enough for one study's attempt with a margin: an association (maybe twice, after a
+    stale one), a C-STORE per result object, a release; renewed before each study."""
+    return 10 * ctx.settings.delivery_timeout_seconds + 30.0
 
 
 @shared_task(name=DELIVER_TASK, acks_late=True)
@@ -90,16 +93,28 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
         return False
     except DeliveryRejected as exc:
         ctx.ledger.note_destination_outcome(name, reachable=True)
-        ctx.ledger.record_delivery(study, name, DeliveryState.FAILED, str(exc))
+        ctx.ledger.record_delivery(
+            study, name, DeliveryState.FAILED, str(exc), opened_at=row.created_at
+        )
         log.error("study %s: %s refused its results: %s", log_ref(study), name, exc)
         return True
+    except (OSError, sa.exc.OperationalError) as exc:  # our disk or database, for a moment
+        reason = f"delivery interrupted: {describe_exception(exc)}"
+        retry_at = time.time() + ctx.settings.delivery_retry_initial_seconds
+        ctx.ledger.record_delivery(
+            study, name, DeliveryState.PENDING, reason, retry_at, opened_at=row.created_at
+        )
+        log.warning("study %s to %s: %s; retrying", log_ref(study), name, reason)
+        return False
     except Exception as exc:  # a bug or a broken result file: permanent, but recorded
         reason = f"delivery failed: {describe_exception(exc)}"
-        ctx.ledger.record_delivery(study, name, DeliveryState.FAILED, reason)
+        ctx.ledger.record_delivery(
+            study, name, DeliveryState.FAILED, reason, opened_at=row.created_at
+        )
         log.error("study %s to %s: %s", log_ref(study), name, reason)
         return True
     ctx.ledger.note_destination_outcome(name, reachable=True)
-    ctx.ledger.record_delivery(study, name, DeliveryState.DELIVERED)
+    ctx.ledger.record_delivery(study, name, DeliveryState.DELIVERED, opened_at=row.created_at)
     log.info("study %s: %d result objects delivered to %s", log_ref(study), stored, name)
     return True
 
@@ -107,21 +122,31 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
 def _destination_down(ctx: WorkerContext, name: str, row: DeliveryRow, error: str) -> None:
     """Back off the whole destination; studies waiting longer than the limit fail."""
     settings = ctx.settings
-    failures = ctx.ledger.note_destination_outcome(name, reachable=False)
+    failures, down_since = ctx.ledger.note_destination_failure(name)
     wait = backoff_seconds(
         failures, settings.delivery_retry_initial_seconds, settings.delivery_retry_max_seconds
     )
     now = time.time()
-    give_up_before = now - settings.delivery_give_up_after_seconds
-    reason = (
-        f"gave up after {settings.delivery_give_up_after_seconds / 3600:g} h "
-        f"of failed attempts: {error}"
+    if now - down_since >= settings.delivery_give_up_after_seconds:
+        # down longer than the limit: deliveries that have waited that long fail (a node that
+        # was itself off for a weekend does not fail its backlog on the first timeout)
+        reason = (
+            f"gave up: {name} unreachable for over "
+            f"{settings.delivery_give_up_after_seconds / 3600:g} h: {error}"
+        )
+        give_up_before = now - settings.delivery_give_up_after_seconds
+        for waiting in ctx.ledger.due_deliveries(name, limit=10_000):
+            if waiting.created_at < give_up_before:
+                ctx.ledger.record_delivery(
+                    waiting.study_key,
+                    name,
+                    DeliveryState.FAILED,
+                    reason,
+                    opened_at=waiting.created_at,
+                )
+    ctx.ledger.record_delivery(
+        row.study_key, name, DeliveryState.PENDING, error, now + wait, opened_at=row.created_at
     )
-    for waiting in ctx.ledger.due_deliveries(name, limit=10_000):
-        if waiting.created_at < give_up_before:
-            ctx.ledger.record_delivery(waiting.study_key, name, DeliveryState.FAILED, reason)
-    if row.created_at >= give_up_before:
-        ctx.ledger.record_delivery(row.study_key, name, DeliveryState.PENDING, error, now + wait)
     ctx.ledger.defer_destination(name, now + wait, error)
     log.warning(
         "%s unreachable (failure %d in a row): %s; next attempt in %.0f s",
@@ -136,7 +161,9 @@ def _give_up_destination(ctx: WorkerContext, name: str, reason: str) -> None:
     """The destination refuses us for good: everything due to it fails with the reason."""
     ctx.ledger.note_destination_outcome(name, reachable=True)
     for row in ctx.ledger.due_deliveries(name, limit=10_000):
-        ctx.ledger.record_delivery(row.study_key, name, DeliveryState.FAILED, reason)
+        ctx.ledger.record_delivery(
+            row.study_key, name, DeliveryState.FAILED, reason, opened_at=row.created_at
+        )
     log.error("%s: %s; its deliveries failed and are not retried", name, reason)
 
 

@@ -159,7 +159,7 @@ class AssociationPool:
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = self.timeout
         ae.dimse_timeout = self.timeout
-        ae.network_timeout = self.timeout
+        ae.network_timeout = max(self.timeout, self.idle_seconds + self.timeout)  # pooled idle
         ae.connection_timeout = self.timeout
         for sop_class in RESULT_SOP_CLASSES:
             ae.add_requested_context(sop_class, list(OFFERED_TRANSFER_SYNTAXES))
@@ -171,7 +171,9 @@ class AssociationPool:
                 raise DestinationUnreachable(
                     f"TLS settings of {destination.name} unusable ({type(exc).__name__})"
                 ) from None
-            tls_args = (context, destination.host if destination.tls.verify_hostname else "")
+            # check_hostname in the context decides whether the name is checked; the host is
+            # always passed (SNI; Python refuses an empty server_hostname)
+            tls_args = (context, destination.host)
         association = ae.associate(
             destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
         )

@@ -72,11 +72,17 @@ def _destination(port: int, tls: TlsOptions) -> Destination:
     return Destination(name="tls-pacs", ae_title="TLSDEST", host="127.0.0.1", port=port, tls=tls)
 
 
+@pytest.mark.parametrize("verify_hostname", [True, False])
 def test_results_arrive_over_mutually_authenticated_tls(
-    tls_storescp: tuple[int, Path], pki: Pki, result_files: list[Path]
+    tls_storescp: tuple[int, Path], pki: Pki, result_files: list[Path], verify_hostname: bool
 ) -> None:
     port, folder = tls_storescp
-    tls = TlsOptions(ca_file=pki.ca_cert, cert_file=pki.client_cert, key_file=pki.client_key)
+    tls = TlsOptions(
+        ca_file=pki.ca_cert,
+        cert_file=pki.client_cert,
+        key_file=pki.client_key,
+        verify_hostname=verify_hostname,
+    )
     send_files(_destination(port, tls), result_files, "CXR_NODE", timeout=10)
     received = {str(dcmread(p).SOPInstanceUID) for p in folder.iterdir()}
     assert received == {str(dcmread(p).SOPInstanceUID) for p in result_files}

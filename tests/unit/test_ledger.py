@@ -718,3 +718,30 @@ def _instance_args(sha256: str) -> dict[str, object]:
         "destinations": [PACS],
         "sha256": sha256,
     }
+
+
+def test_a_delivery_reopened_meanwhile_is_not_marked_by_an_older_attempt(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    opened = ledger.deliveries_of(STUDY)[PACS].created_at
+    clock.advance(5)
+    record(ledger, sop="1.2.3.2")  # a new image: analysed again, the delivery reopened
+    analysed(ledger, [PACS])
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED, opened_at=opened)
+    assert ledger.deliveries_of(STUDY)[PACS].state is DeliveryState.PENDING
+    assert state(ledger) is StudyState.ANALYSED
+    current = ledger.deliveries_of(STUDY)[PACS].created_at
+    ledger.record_delivery(STUDY, PACS, DeliveryState.DELIVERED, opened_at=current)
+    assert state(ledger) is StudyState.DELIVERED
+
+
+def test_down_since_is_kept_until_the_destination_answers(ledger: Ledger, clock: FakeClock) -> None:
+    assert ledger.acquire_destination(PACS, 60) is not None
+    assert ledger.note_destination_failure(PACS) == (1, clock.now)
+    start = clock.now
+    clock.advance(100)
+    assert ledger.note_destination_failure(PACS) == (2, start)
+    ledger.note_destination_outcome(PACS, reachable=True)
+    assert ledger.note_destination_failure(PACS) == (1, clock.now)
