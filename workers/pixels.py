@@ -40,6 +40,24 @@ def decode(dataset: Dataset) -> np.ndarray:
     return np.asarray(pixels)
 
 
+MIN_GREY_LEVELS = 32
+"""Fewer distinct stored values than this is not a radiograph (a test pattern, a blank or
+synthetic image): real radiographs in our corpus have at least 121, the SMPTE pattern 17."""
+
+
+def check_plausible_radiograph(pixels: np.ndarray, min_grey_levels: int = MIN_GREY_LEVELS) -> None:
+    """Pixel sanity before analysis: not constant, enough grey levels; RejectedInput if not."""
+    sample = pixels if pixels.size <= 4_000_000 else pixels.reshape(-1)[:: pixels.size // 4_000_000]
+    levels = len(np.unique(sample))
+    if levels <= 1:
+        raise RejectedInput("CONSTANT_IMAGE", "the image has no contrast (constant pixel values)")
+    if levels < min_grey_levels:
+        raise RejectedInput(
+            "TOO_FEW_GREY_LEVELS",
+            f"{levels} distinct pixel values: a test pattern or synthetic image, not a radiograph",
+        )
+
+
 def to_grayscale(pixels: np.ndarray, photometric: str) -> np.ndarray:
     """RGB (already converted from YBR by the decoder) to luminance (ITU-R BT.601)."""
     if pixels.ndim == 3:
@@ -83,6 +101,7 @@ def displayed_image(dataset: Dataset) -> np.ndarray:
     pixels = to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
+    check_plausible_radiograph(pixels)
     if photometric.startswith("MONOCHROME"):
         values = apply_modality_lut(pixels, dataset)
         has_voi = "VOILUTSequence" in dataset or "WindowCenter" in dataset

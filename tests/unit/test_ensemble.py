@@ -87,9 +87,11 @@ class QuadrantNetwork(nn.Module):
 
 
 def _image_with_blob(rows: int, columns: int, row: int, column: int) -> pydicom.Dataset:
-    """A synthetic dark DX image with one bright square: the planted evidence."""
+    """A synthetic dark, slightly noisy DX image (a flat one is refused as no radiograph) with
+    one bright square: the planted evidence."""
     dataset = make_dx_chest(rows, columns)
-    pixels = np.full((rows, columns), 200, dtype=np.uint16)
+    noise = np.random.default_rng(7).integers(0, 64, size=(rows, columns))
+    pixels = (200 + noise).astype(np.uint16)
     pixels[row : row + 24, column : column + 24] = 4000
     dataset.PixelData = pixels.tobytes()
     for keyword in ("WindowCenter", "WindowWidth"):

@@ -10,6 +10,7 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian,
 
 from cxr_node.errors import RejectedInput
 from tests.unit._synthetic import corpus_file
+from workers import pixels
 from workers.pixels import (
     SquareBox,
     displayed_image,
@@ -371,3 +372,26 @@ def test_modality_lut_sequence_of_a_real_file_is_applied() -> None:
     image = displayed_image(dataset)
     assert image.dtype == np.float32 and 0.0 <= image.min() < image.max() <= 1.0
     assert image.shape == (dataset.Rows, dataset.Columns)
+
+
+# --- pixel sanity -------------------------------------------------------------------------------
+
+
+def test_constant_and_few_level_images_are_not_radiographs() -> None:
+    flat = np.full((64, 64), 1000, dtype=np.uint16)
+    with pytest.raises(RejectedInput) as caught:
+        pixels.check_plausible_radiograph(flat)
+    assert caught.value.reason_code == "CONSTANT_IMAGE"
+    bars = np.repeat(np.arange(17, dtype=np.uint16) * 4000, 64 * 64 // 17 + 1)[: 64 * 64]
+    with pytest.raises(RejectedInput) as caught:
+        pixels.check_plausible_radiograph(bars.reshape(64, 64))
+    assert caught.value.reason_code == "TOO_FEW_GREY_LEVELS"
+    noisy = np.random.default_rng(1).integers(0, 4096, size=(64, 64)).astype(np.uint16)
+    pixels.check_plausible_radiograph(noisy)  # no exception
+
+
+def test_the_corpus_test_pattern_is_refused() -> None:
+    dataset = pydicom.dcmread(corpus_file("purecodecs/test16bits.dcm"))
+    with pytest.raises(RejectedInput) as caught:
+        pixels.displayed_image(dataset)
+    assert caught.value.reason_code == "TOO_FEW_GREY_LEVELS"
