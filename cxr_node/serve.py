@@ -58,6 +58,7 @@ def serve(settings: Settings) -> None:
         router.destinations_for,
         min_free_bytes=settings.spool_min_free_bytes,
         max_instance_bytes=settings.max_instance_bytes,
+        rules=settings.eligibility,
     )
     gate = (
         (lambda ae, address: router.known_source(ae, address) is not None)

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from cxr_node.destinations import Destination, ListenerTls, SourceRule, validate_ae_title
 from cxr_node.errors import ConfigurationError
+from cxr_node.intake import EligibilityRules
 
 
 class EnsembleMember(BaseModel):
@@ -77,6 +78,9 @@ class Settings(BaseSettings):
         default=True, description="send an SR saying the AI did not analyse a study, and why"
     )
     study_quiet_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
+    eligibility: EligibilityRules = Field(
+        default_factory=EligibilityRules, description="what is analysed (docs/architecture)"
+    )
     ensemble: list[EnsembleMember] = Field(
         default_factory=list, description="Empty: every bundle found in models_dir, weight 1"
     )

@@ -40,6 +40,7 @@ class Analyzer:
         self.top_k = settings.gradcam_top_k
         self.critical_findings = list(settings.critical_findings)
         self.score_method = settings.abnormality_score
+        self.min_grey_levels = settings.eligibility.min_grey_levels
 
     def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
         """The network's input tensor (1, C, S, S) and where it sits in the source image."""
@@ -56,7 +57,7 @@ class Analyzer:
 
     def analyse(self, dataset: Dataset) -> AnalysedImage:
         """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""
-        image = pixels.displayed_image(dataset)
+        image = pixels.displayed_image(dataset, self.min_grey_levels)
         batch, box = self.model_input(image)
         inference = self.ensemble.infer(batch)
         predictions = inference.predictions

@@ -92,7 +92,7 @@ SUPPORTED_PHOTOMETRIC = frozenset(
 )
 
 
-def displayed_image(dataset: Dataset) -> np.ndarray:
+def displayed_image(dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS) -> np.ndarray:
     """The image as a reader sees it: float32 [0, 1], bright = dense, source geometry."""
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
     if photometric not in SUPPORTED_PHOTOMETRIC:
@@ -101,7 +101,7 @@ def displayed_image(dataset: Dataset) -> np.ndarray:
     pixels = to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
-    check_plausible_radiograph(pixels)
+    check_plausible_radiograph(pixels, min_grey_levels)
     if photometric.startswith("MONOCHROME"):
         values = apply_modality_lut(pixels, dataset)
         has_voi = "VOILUTSequence" in dataset or "WindowCenter" in dataset

@@ -43,12 +43,14 @@ class StoreHandler:
         router: DestinationRouter,
         min_free_bytes: int,
         max_instance_bytes: int | None = None,
+        rules: intake.EligibilityRules = intake.DEFAULT_RULES,
     ) -> None:
         self._spool = spool
         self._ledger = ledger
         self._router = router
         self._min_free_bytes = min_free_bytes
         self._max_instance_bytes = max_instance_bytes
+        self._rules = rules
 
     def __call__(self, event: Any) -> int:
         """Handle one ``evt.EVT_C_STORE``; always return a status, never raise."""
@@ -106,7 +108,7 @@ class StoreHandler:
             return status.OUT_OF_RESOURCES
 
         try:
-            decision = intake.evaluate(dataset)
+            decision = intake.evaluate(dataset, self._rules)
         except Exception as exc:  # malformed values in the header
             decision = intake.Decision(
                 False, "BAD_HEADER", f"unreadable header ({type(exc).__name__})"

@@ -240,3 +240,34 @@ def test_a_study_not_analysed_gets_a_notice_saying_why(
     study = node.studies()[0]
     assert study["reason_code"] == reason_code
     assert study["state"] in {"not_eligible", "failed"}
+
+
+def test_each_frontal_image_of_a_study_gets_its_own_results(
+    tmp_path: Path, models_dir: Path, chest: Path, storescp: StoreSCP, nodes: list[NodeProcess]
+) -> None:
+    study_uid = str(generate_uid())
+    images = []
+    for index, view in enumerate(("PA", "AP", "LL")):
+        dataset = pydicom.dcmread(chest)
+        dataset.StudyInstanceUID = study_uid
+        dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dataset.ViewPosition = view
+        path = tmp_path / f"{index}.dcm"
+        dataset.save_as(path)
+        images.append(path)
+    node = _node(tmp_path, models_dir, {"destinations": [storescp.address]}).start()
+    nodes.append(node)
+    assert storescu(node.port, *images).returncode == 0  # one association, one study
+    assert wait_until(lambda: len(storescp.files()) >= 4, timeout=90), node.log()
+    time.sleep(3)
+    received = [pydicom.dcmread(p) for p in storescp.files()]
+    assert len(received) == 4  # SR + SC for PA and for AP; nothing for the lateral
+    frontal = {str(pydicom.dcmread(p).SOPInstanceUID) for p in images[:2]}
+    referenced = {
+        str(ds.SourceImageSequence[0].ReferencedSOPInstanceUID)
+        for ds in received
+        if ds.Modality != "SR"
+    }
+    assert referenced == frontal
+    study = node.studies()[0]
+    assert study["state"] == "delivered"

@@ -18,7 +18,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxr_node.intake import Decision, evaluate
+from cxr_node.errors import ConfigurationError
+from cxr_node.intake import Decision, EligibilityRules, evaluate
+from cxr_node.settings import load_settings
 
 
 def make_chest(
@@ -252,3 +254,30 @@ def test_corpus_has_chest_and_non_chest_rows() -> None:
     assert sum(r.startswith("CHEST-FRONTAL (accept") for r in roles) >= 3
     assert sum(r.startswith("NON-CHEST") for r in roles) >= 3
     assert sum(r.startswith("NO PIXEL DATA") for r in roles) >= 1
+
+
+# --- configurable rules -------------------------------------------------------------------------
+
+
+def test_rules_can_be_tightened_or_loosened() -> None:
+    strict = EligibilityRules(allow_missing_body_part=False, allow_missing_view=False)
+    assert refused(evaluate(make_chest(BodyPartExamined=None), strict), "BODY_PART")
+    assert refused(evaluate(make_chest(ViewPosition=None), strict), "VIEW")
+    assert evaluate(make_chest(), strict).eligible
+    dx_only = EligibilityRules(modalities=["dx"])
+    assert refused(evaluate(make_chest(), dx_only), "MODALITY")  # make_chest is a CR
+    thorax_too = EligibilityRules(body_parts=["chest", "ribs"])
+    assert evaluate(make_chest(BodyPartExamined="RIBS"), thorax_too).eligible
+    small = EligibilityRules(min_dimension=4096)
+    assert refused(evaluate(make_chest(), small), "TOO_SMALL")
+
+
+def test_rules_come_from_the_configuration(tmp_path: Path) -> None:
+    config = tmp_path / "node.yaml"
+    config.write_text("eligibility:\n  modalities: [DX]\n  min_grey_levels: 64\n")
+    settings = load_settings(config)
+    assert settings.eligibility.modalities == ["DX"]
+    assert settings.eligibility.min_grey_levels == 64
+    config.write_text("eligibility:\n  modality: [DX]\n")
+    with pytest.raises(ConfigurationError, match="eligibility"):
+        load_settings(config)
