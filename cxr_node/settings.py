@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
 
     ae_title: str = Field(default="CXR_NODE", description="Our AE title (1-16 characters)")
+    additional_ae_titles: list[str] = Field(
+        default_factory=list, description="other AE titles the listener answers to"
+    )
     bind_address: str = Field(default="0.0.0.0", description="Address the listener binds")
     port: int = Field(default=11112, ge=1, le=65535)
     data_dir: Path = Field(default=Path("var"), description="Root of spool, ledger and queue")
@@ -111,6 +114,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_ae_title(cls, value: str) -> str:
         return validate_ae_title(value)
+
+    @field_validator("additional_ae_titles")
+    @classmethod
+    def _check_additional_titles(cls, values: list[str]) -> list[str]:
+        return [validate_ae_title(value) for value in values]
 
     @field_validator("destinations", mode="before")
     @classmethod

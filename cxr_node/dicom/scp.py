@@ -34,17 +34,29 @@ class GatedAE(AE):
     AE title, and lets ``cxr-node aet`` change the rules while the node runs.
     """
 
-    def __init__(self, ae_title: str, gate: SourceGate | None) -> None:
+    def __init__(
+        self, ae_title: str, gate: SourceGate | None, other_titles: tuple[str, ...] = ()
+    ) -> None:
         super().__init__(ae_title=ae_title)
         self._gate = gate
+        self._other_titles = frozenset(other_titles)
 
     @property  # type: ignore[misc]
     def require_calling_aet(self) -> list[str]:
-        """The caller's own title when it is known; otherwise a title nobody has."""
+        """The caller's own title when it is known; otherwise a title nobody has.
+
+        Also where a call to one of our other AE titles is answered under that title (pynetdicom
+        checks the called title right after this, against the acceptor's).
+        """
         association = threading.current_thread()
-        if self._gate is None or not isinstance(association, Association):
+        if not isinstance(association, Association):
             return []
         primitive = association.requestor.primitive
+        called = str(getattr(primitive, "called_ae_title", "") or "").strip()
+        if called in self._other_titles:
+            association.acceptor.ae_title = called
+        if self._gate is None:
+            return []
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
         address = association.requestor.address or None
         if self._gate(calling, address):
@@ -56,7 +68,7 @@ class GatedAE(AE):
 def build_ae(settings: Settings, gate: SourceGate | None = None) -> AE:
     """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax,
     from known sources only when ``gate`` is given."""
-    ae = GatedAE(settings.ae_title, gate)
+    ae = GatedAE(settings.ae_title, gate, tuple(settings.additional_ae_titles))
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_seconds

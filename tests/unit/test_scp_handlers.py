@@ -77,12 +77,14 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         min_free_bytes: int = 0,
         gate: SourceGate | None = None,
         max_instance_bytes: int | None = None,
+        additional_ae_titles: list[str] | None = None,
     ) -> Node:
         settings = load_settings(
             data_dir=tmp_path / f"node{len(nodes)}",
             port=free_port(),
             bind_address="127.0.0.1",
             network_timeout_seconds=10,
+            additional_ae_titles=additional_ae_titles,
         )
         node = Node(settings, min_free_bytes, gate, max_instance_bytes)
         nodes.append(node)
@@ -359,3 +361,13 @@ def test_an_instance_over_the_size_limit_is_out_of_resources(
     assert answer.Status == status.OUT_OF_RESOURCES
     assert node.files_of(ds.StudyInstanceUID) == []
     assert node.ledger.study(safe_key(ds.StudyInstanceUID)) is None
+
+
+def test_the_node_answers_to_its_other_ae_titles(start_node: Callable[..., Node]) -> None:
+    node = start_node(additional_ae_titles=["CXR_TRIAGE"])
+    for called in ("CXR_NODE", "CXR_TRIAGE"):
+        association = _associate(node.settings.port, "MODALITY", called=called)
+        assert association.is_established
+        assert association.acceptor.ae_title == called
+        association.release()
+    assert _associate(node.settings.port, "MODALITY", called="SOMEONE_ELSE").is_rejected
