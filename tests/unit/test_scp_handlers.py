@@ -78,6 +78,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         gate: SourceGate | None = None,
         max_instance_bytes: int | None = None,
         additional_ae_titles: list[str] | None = None,
+        max_associations: int | None = None,
     ) -> Node:
         settings = load_settings(
             data_dir=tmp_path / f"node{len(nodes)}",
@@ -85,6 +86,7 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
             bind_address="127.0.0.1",
             network_timeout_seconds=10,
             additional_ae_titles=additional_ae_titles,
+            max_associations=max_associations,
         )
         node = Node(settings, min_free_bytes, gate, max_instance_bytes)
         nodes.append(node)
@@ -371,3 +373,19 @@ def test_the_node_answers_to_its_other_ae_titles(start_node: Callable[..., Node]
         assert association.acceptor.ae_title == called
         association.release()
     assert _associate(node.settings.port, "MODALITY", called="SOMEONE_ELSE").is_rejected
+
+
+def test_associations_beyond_the_limit_are_rejected_transiently(
+    start_node: Callable[..., Node],
+) -> None:
+    node = start_node(max_associations=1)
+    first = _associate(node.settings.port, "MODALITY")
+    assert first.is_established
+    try:
+        second = _associate(node.settings.port, "MODALITY")
+        assert second.is_rejected
+        primitive = second.acceptor.primitive
+        # rejected-transient, service-provider (presentation), local-limit-exceeded
+        assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
+    finally:
+        first.release()
