@@ -3,31 +3,20 @@ score and heatmaps for each; the malformed one fails with a clear reason."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
 
 from cxr_node.errors import RejectedInput
-from cxr_node.settings import load_settings
+from tests.integration.conftest import inventory
 from workers.analysis import Analyzer
 from workers.offline import read_source
 
 pytestmark = pytest.mark.integration
 
 
-def _rows(corpus: Path, prefix: str) -> list[dict[str, str]]:
-    with (corpus / "inventory.csv").open(newline="") as stream:
-        return [row for row in csv.DictReader(stream) if row["role"].startswith(prefix)]
-
-
-@pytest.fixture(scope="module")
-def analyzer(models_dir: Path) -> Analyzer:
-    return Analyzer(load_settings(data_dir=models_dir.parent, models_dir=models_dir))
-
-
 def test_every_frontal_chest_file_is_analysed(corpus: Path, analyzer: Analyzer) -> None:
-    rows = _rows(corpus, "CHEST-FRONTAL (accept")
+    rows = inventory(corpus, "CHEST-FRONTAL (accept")
     assert len(rows) >= 60
     kinds = set()
     for row in rows:
@@ -49,7 +38,7 @@ def test_every_frontal_chest_file_is_analysed(corpus: Path, analyzer: Analyzer) 
 
 
 def test_malformed_frontal_chest_fails_with_a_reason(corpus: Path, analyzer: Analyzer) -> None:
-    rows = _rows(corpus, "CHEST-FRONTAL + MALFORMED")
+    rows = inventory(corpus, "CHEST-FRONTAL + MALFORMED")
     assert rows
     for row in rows:
         with pytest.raises(RejectedInput) as caught:

@@ -9,10 +9,8 @@ with no findings written for it.
 
 from __future__ import annotations
 
-import csv
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -22,6 +20,7 @@ from pydicom.uid import generate_uid
 from cxr_node.ledger import Ledger
 from cxr_node.spool import safe_key
 from tests.conftest import wait_until
+from tests.integration.conftest import inventory
 from tests.integration.node import NodeProcess
 from tests.integration.sending import Outcome, echo, send, transfer_syntax_of
 
@@ -34,20 +33,6 @@ KNOWN_MISSES = {
     "fo-dicom/CR-ModalitySequenceLUT.dcm": "analysed",
 }
 FINAL = {"analysed", "delivered", "not_eligible", "failed"}
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[NodeProcess]:
-    process = NodeProcess(
-        tmp_path_factory.mktemp("intake") / "node", models_dir, "--quiet-seconds", "0.3"
-    ).start()
-    yield process
-    process.stop()
-
-
-def _rows(corpus: Path) -> list[dict[str, str]]:
-    with (corpus / "inventory.csv").open(newline="") as stream:
-        return [row for row in csv.DictReader(stream) if row["kind"] == "dicom"]
 
 
 def _send_as_own_study(port: int, path: Path) -> tuple[Outcome, str | None]:
@@ -64,13 +49,15 @@ def _send_as_own_study(port: int, path: Path) -> tuple[Outcome, str | None]:
         return send(port, dataset, sop_class, transfer_syntax_of(dataset)), study_uid
 
 
-def test_every_corpus_file_is_handled_as_its_role_says(corpus: Path, node: NodeProcess) -> None:
+def test_every_corpus_file_is_handled_as_its_role_says(
+    corpus: Path, quiet_node: NodeProcess
+) -> None:
     sent: dict[str, tuple[str, Outcome, str | None]] = {}
-    for row in _rows(corpus):
-        outcome, study_uid = _send_as_own_study(node.port, corpus / row["file"])
+    for row in inventory(corpus, kind="dicom"):
+        outcome, study_uid = _send_as_own_study(quiet_node.port, corpus / row["file"])
         sent[row["file"]] = (row["role"], outcome, study_uid)
-        assert echo(node.port), f"node stopped answering after {row['file']}"
-    ledger = Ledger(f"sqlite:///{node.data_dir / 'ledger.sqlite'}")
+        assert echo(quiet_node.port), f"node stopped answering after {row['file']}"
+    ledger = Ledger(f"sqlite:///{quiet_node.data_dir / 'ledger.sqlite'}")
     try:
 
         def state(study_uid: str) -> str | None:

@@ -5,7 +5,6 @@ highdicom reads it back, and both reference the source image. The malformed one 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import highdicom as hd
@@ -15,23 +14,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
 from cxr_node.errors import RejectedInput
-from cxr_node.settings import load_settings
 from tests.dicom_checks import dciodvfy_errors, dsrdump
+from tests.integration.conftest import inventory
 from workers.analysis import Analyzer
 from workers.offline import read_source
 from workers.results import encode_notice, encode_results, write_plain
 
 pytestmark = pytest.mark.integration
-
-
-def _rows(corpus: Path, prefix: str) -> list[dict[str, str]]:
-    with (corpus / "inventory.csv").open(newline="") as stream:
-        return [row for row in csv.DictReader(stream) if row["role"].startswith(prefix)]
-
-
-@pytest.fixture(scope="module")
-def analyzer(models_dir: Path) -> Analyzer:
-    return Analyzer(load_settings(data_dir=models_dir.parent, models_dir=models_dir))
 
 
 def _evidence_uids(sr: pydicom.Dataset) -> set[str]:
@@ -57,7 +46,7 @@ def _ai_equipment(result: pydicom.Dataset) -> pydicom.Dataset:
 def test_results_of_every_frontal_chest_file_are_valid_dicom(
     corpus: Path, analyzer: Analyzer, tmp_path: Path
 ) -> None:
-    rows = _rows(corpus, "CHEST-FRONTAL (accept")
+    rows = inventory(corpus, "CHEST-FRONTAL (accept")
     assert len(rows) >= 60
     problems: dict[str, list[str]] = {}
     for index, row in enumerate(rows):
@@ -95,7 +84,7 @@ def test_results_of_every_frontal_chest_file_are_valid_dicom(
 def test_the_malformed_frontal_chest_gets_a_valid_not_analysed_report(
     corpus: Path, analyzer: Analyzer, tmp_path: Path
 ) -> None:
-    rows = _rows(corpus, "CHEST-FRONTAL + MALFORMED")
+    rows = inventory(corpus, "CHEST-FRONTAL + MALFORMED")
     assert rows
     for row in rows:
         source = pydicom.dcmread(corpus / row["file"])

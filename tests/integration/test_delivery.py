@@ -34,14 +34,6 @@ def chest(corpus: Path) -> Path:
     return corpus / CHEST
 
 
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop()
-
-
 def _node(tmp_path: Path, models: Path, config: dict[str, Any], data: str = "node") -> NodeProcess:
     path = tmp_path / f"{data}.yaml"
     path.write_text(yaml.safe_dump({"study_quiet_seconds": 0.3, **config}))

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,6 @@ from tests.pki import make_pki
 pytestmark = pytest.mark.integration
 
 CHEST = "dwv/gdcm-CR-MONO1-10-chest.dcm"
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop()
 
 
 def _cli(node: NodeProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -122,16 +113,23 @@ def test_known_sources_are_managed_while_the_node_runs(
     assert "association from NEW_CR at 127.0.0.1 refused: unknown source" in node.log()
 
 
-def test_status_tells_what_happened_to_a_study(
+def _one_analysed_study(
     tmp_path: Path, models_dir: Path, corpus: Path, nodes: list[NodeProcess]
-) -> None:
+) -> tuple[NodeProcess, Path, str]:
+    """A node (no destination) that has analysed one study: the node, the image, its study."""
     require_tool("/usr/bin/storescu")
     node = NodeProcess(tmp_path / "node", models_dir, "--quiet-seconds", "0.3").start()
     nodes.append(node)
     image = corpus / CHEST
     assert storescu(node.port, image).returncode == 0
     assert wait_until(lambda: node.studies() and node.studies()[0]["state"] == "analysed", 90)
-    study_uid = str(node.studies()[0]["study_uid"])
+    return node, image, str(node.studies()[0]["study_uid"])
+
+
+def test_status_tells_what_happened_to_a_study(
+    tmp_path: Path, models_dir: Path, corpus: Path, nodes: list[NodeProcess]
+) -> None:
+    node, _image, study_uid = _one_analysed_study(tmp_path, models_dir, corpus, nodes)
 
     status = json.loads(_cli(node, "status", study_uid, "--json").stdout)
     assert status["state"] == "analysed"
@@ -148,13 +146,7 @@ def test_status_tells_what_happened_to_a_study(
 def test_a_resent_study_is_not_analysed_twice_unless_reprocess_is_asked(
     tmp_path: Path, models_dir: Path, corpus: Path, nodes: list[NodeProcess]
 ) -> None:
-    require_tool("/usr/bin/storescu")
-    node = NodeProcess(tmp_path / "node", models_dir, "--quiet-seconds", "0.3").start()
-    nodes.append(node)
-    image = corpus / CHEST
-    assert storescu(node.port, image).returncode == 0
-    assert wait_until(lambda: node.studies() and node.studies()[0]["state"] == "analysed", 90)
-    study_uid = str(node.studies()[0]["study_uid"])
+    node, image, study_uid = _one_analysed_study(tmp_path, models_dir, corpus, nodes)
 
     def analysed_count() -> int:
         history = json.loads(_cli(node, "status", study_uid, "--json").stdout)["history"]

@@ -15,7 +15,7 @@ import struct
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -154,15 +154,6 @@ MUTATIONS: dict[str, Mutation] = {
 }
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[NodeProcess]:
-    process = NodeProcess(
-        tmp_path_factory.mktemp("fuzz") / "node", models_dir, "--quiet-seconds", "0.3"
-    ).start()
-    yield process
-    process.stop()
-
-
 def _rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -188,7 +179,7 @@ def _cases(
 
 
 def test_mutated_radiographs_get_an_answer_and_break_nothing(
-    corpus: Path, node: NodeProcess, models_dir: Path, tmp_path: Path
+    corpus: Path, quiet_node: NodeProcess, models_dir: Path, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(20261122)
     cases: list[tuple[str, Path, str, str, str]] = []  # kind, file, sop class, syntax, study
@@ -202,7 +193,7 @@ def test_mutated_radiographs_get_an_answer_and_break_nothing(
     _config.STORE_SEND_CHUNKED_DATASET = True  # send the file's bytes as they are
     try:
         for number, (kind, path, sop_class, syntax, _study) in enumerate(cases):
-            outcome = send(node.port, path, sop_class, syntax, timeout=30)
+            outcome = send(quiet_node.port, path, sop_class, syntax, timeout=30)
             assert (
                 outcome.status is not None or outcome.note == "no presentation context accepted"
             ), (kind, path.name, outcome.note)
@@ -212,13 +203,13 @@ def test_mutated_radiographs_get_an_answer_and_break_nothing(
                 else f"{kind}: {outcome.note}"
             ] += 1
             if number % 10 == 0:
-                assert echo(node.port), f"no C-ECHO answer after {path.name}"
+                assert echo(quiet_node.port), f"no C-ECHO answer after {path.name}"
     finally:
         _config.STORE_SEND_CHUNKED_DATASET = saved
-    assert echo(node.port)
+    assert echo(quiet_node.port)
     print(f"{len(cases)} mutated inputs over C-STORE: {dict(sorted(statuses.items()))}")
 
-    ledger = Ledger(f"sqlite:///{node.data_dir / 'ledger.sqlite'}")
+    ledger = Ledger(f"sqlite:///{quiet_node.data_dir / 'ledger.sqlite'}")
     try:
         studies = {study for *_, study in cases}
         known = [s for s in studies if ledger.study(safe_key(s)) is not None]
@@ -226,7 +217,7 @@ def test_mutated_radiographs_get_an_answer_and_break_nothing(
         def settled() -> bool:
             return all(ledger.study(safe_key(s)).state.value in FINAL for s in known)  # type: ignore[union-attr]
 
-        assert wait_until(settled, timeout=300), node.log()[-3000:]
+        assert wait_until(settled, timeout=300), quiet_node.log()[-3000:]
         for study_uid in known:
             study = ledger.study(safe_key(study_uid))
             assert study is not None
@@ -236,8 +227,8 @@ def test_mutated_radiographs_get_an_answer_and_break_nothing(
         print(f"studies stored: {len(known)}; final states: {dict(states)}")
     finally:
         ledger.close()
-    assert _rss_mb(node.pid) < 300, "serve grew past 300 MB"
-    workers = re.findall(r"analysis worker started \(pid (\d+)\)", node.log())
+    assert _rss_mb(quiet_node.pid) < 300, "serve grew past 300 MB"
+    workers = re.findall(r"analysis worker started \(pid (\d+)\)", quiet_node.log())
     assert workers and _rss_mb(int(workers[-1])) < 2000
 
     analyzer = Analyzer(load_settings(data_dir=models_dir.parent, models_dir=models_dir))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -38,17 +37,6 @@ def _assert_results(destination: StoreSCP, source: Path) -> None:
         kinds.add(result.SOPClassUID)
         assert dciodvfy_errors(path) == [], path.name
     assert kinds == {Comprehensive3DSRStorage, SecondaryCaptureImageStorage}
-
-
-@pytest.fixture
-def nodes() -> Iterator[list[NodeProcess]]:
-    started: list[NodeProcess] = []
-    yield started
-    for node in started:
-        node.stop()
-    for node in started:
-        if node.process is not None and node.process.returncode not in (0, -15, -9, None):
-            print(node.log())
 
 
 CANARIES = {

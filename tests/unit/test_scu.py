@@ -108,6 +108,15 @@ def test_out_of_resources_is_transient_and_cannot_understand_is_permanent(
         )
 
 
+def _results_scp(servers: list[Any]) -> tuple[Any, int, list[str]]:
+    """A destination that accepts both result classes and answers Success."""
+    server, port, received = _scp(
+        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
+    )
+    servers.append(server)
+    return server, port, received
+
+
 def _destination(port: int) -> Destination:
     return Destination(ae_title="DEST", host="127.0.0.1", port=port)
 
@@ -115,10 +124,7 @@ def _destination(port: int) -> Destination:
 def test_pool_reuses_one_association_for_several_studies(
     result_files: list[Path], servers: list[Any]
 ) -> None:
-    server, port, received = _scp(
-        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
-    )
-    servers.append(server)
+    _server, port, received = _results_scp(servers)
     pool = AssociationPool("CXR", timeout=10, idle_seconds=30)
     try:
         for _ in range(3):
@@ -144,10 +150,7 @@ def test_pool_closes_idle_associations(result_files: list[Path], servers: list[A
 def test_a_stale_pooled_association_is_replaced_once(
     result_files: list[Path], servers: list[Any]
 ) -> None:
-    server, port, received = _scp(
-        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
-    )
-    servers.append(server)
+    server, port, received = _results_scp(servers)
     pool = AssociationPool("CXR", timeout=10, idle_seconds=30)
     try:
         send_study(pool, _destination(port), result_files)

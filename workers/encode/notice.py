@@ -20,10 +20,9 @@ from workers.encode.sr import (
     MANUFACTURER,
     PRIVATE_SCHEME,
     PROCEDURE_CHEST_XR,
-    ai_equipment,
+    comprehensive_sr,
     header_view,
     observation_context,
-    private_coding_schemes,
     restore_verbatim,
     series_description,
     text_evaluation,
@@ -99,23 +98,16 @@ def build_not_analysed_report(
         procedure_reported=PROCEDURE_CHEST_XR,
         imaging_measurements=[group],
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence,
-        content=report,
+    sr = comprehensive_sr(
+        evidence,
+        report,
+        device=device,
+        contribution="AI node that did not analyse the study",
+        series_description=series_description(demo=False, kind="notice"),
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
         instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        performed_procedure_codes=[PROCEDURE_CHEST_XR],
-        series_description=series_description(demo=False, kind="notice"),
-        manufacturer_model_name=device.name,
-        software_versions=device.version,
-        coding_schemes=private_coding_schemes(),
-        contributing_equipment=[ai_equipment(device, "AI node that did not analyse the study")],
     )
     restore_verbatim(sr, sources[0])
     return sr

@@ -370,9 +370,38 @@ def build_measurement_report(
     """
     if analysis.sop_instance_uid != source.SOPInstanceUID:
         raise ValueError("analysis does not belong to the source image")
-    report = _report(source, analysis, sop_instance_uid)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[header_view(source)],
+    sr = comprehensive_sr(
+        [header_view(source)],
+        _report(source, analysis, sop_instance_uid),
+        device=analysis.model,
+        contribution=AI_CONTRIBUTION,
+        series_description=series_description(demo=analysis.model.demo),
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+    )
+    restore_verbatim(sr, source)
+    return sr
+
+
+def comprehensive_sr(
+    evidence: list[pydicom.Dataset],
+    report: hd.sr.MeasurementReport,
+    *,
+    device: ModelInfo,
+    contribution: str,
+    series_description: str,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+) -> hd.sr.Comprehensive3DSR:
+    """Our SR documents: Comprehensive 3D SR (PS3.3 A.35.13) in the evidence's study, COMPLETE,
+    PRELIMINARY (not the definitive report) and UNVERIFIED (no clinician verified it), with
+    ``device`` as equipment and IHE AIR Contributing Equipment."""
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
         content=report,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -383,11 +412,9 @@ def build_measurement_report(
         is_final=False,
         is_verified=False,
         performed_procedure_codes=[PROCEDURE_CHEST_XR],
-        series_description=series_description(demo=analysis.model.demo),
-        manufacturer_model_name=analysis.model.name,
-        software_versions=analysis.model.version,
+        series_description=series_description,
+        manufacturer_model_name=device.name,
+        software_versions=device.version,
         coding_schemes=private_coding_schemes(),
-        contributing_equipment=[ai_equipment(analysis.model, AI_CONTRIBUTION)],
+        contributing_equipment=[ai_equipment(device, contribution)],
     )
-    restore_verbatim(sr, source)
-    return sr
