@@ -807,23 +807,24 @@ class Ledger:
 
     def note_destination_failure(self, destination: str) -> tuple[int, float]:
         """One more failure to reach a destination: (consecutive failures, down since)."""
-        failures = self.note_destination_outcome(destination, reachable=False)
         now = time.time()
         with self._begin() as db:
             db.execute(
                 destination_leases.update()
-                .where(
-                    destination_leases.c.destination == destination,
-                    destination_leases.c.down_since.is_(None),
+                .where(destination_leases.c.destination == destination)
+                .values(
+                    failures=destination_leases.c.failures + 1,
+                    down_since=sa.func.coalesce(destination_leases.c.down_since, now),
                 )
-                .values(down_since=now)
             )
-            since = db.execute(
-                sa.select(destination_leases.c.down_since).where(
+            row = db.execute(
+                sa.select(destination_leases.c.failures, destination_leases.c.down_since).where(
                     destination_leases.c.destination == destination
                 )
-            ).scalar()
-        return failures, float(since if since is not None else now)
+            ).first()
+        if row is None:
+            return 1, now
+        return int(row.failures), float(row.down_since if row.down_since is not None else now)
 
     def defer_destination(self, destination: str, until: float, error: str) -> None:
         """The destination cannot be reached: its pending deliveries (and new ones) wait."""

@@ -4,12 +4,10 @@ from pydicom.uid import (
     JPEG2000,
     UID,
     Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
     ComputedRadiographyImageStorage,
     DeflatedExplicitVRLittleEndian,
     DigitalXRayImageStorageForPresentation,
     DigitalXRayImageStorageForProcessing,
-    EnhancedSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -47,10 +45,5 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[UID, ...] = (
 )
 """Every transfer syntax a modality or PACS commonly sends, compressed ones as they are."""
 
-RESULT_SOP_CLASSES: tuple[UID, ...] = (
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    SecondaryCaptureImageStorage,
-)
-"""SOP classes of the results we send (TID 1500 SR and the heatmap Secondary Capture)."""
+RESULT_SOP_CLASSES: tuple[UID, ...] = (Comprehensive3DSRStorage, SecondaryCaptureImageStorage)
+"""SOP classes of what we send: the TID 1500 SRs (results and notices) and the heatmap SC."""

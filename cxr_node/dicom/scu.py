@@ -22,25 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
-from pydicom.uid import (
-    UID,
-    Comprehensive3DSRStorage,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    SecondaryCaptureImageStorage,
-)
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
 from cxr_node.destinations import Destination
 from cxr_node.dicom import status
+from cxr_node.dicom.contexts import RESULT_SOP_CLASSES
 from cxr_node.errors import CxrNodeError, TransientError
 
 log = logging.getLogger(__name__)
-
-RESULT_SOP_CLASSES: tuple[str, ...] = (Comprehensive3DSRStorage, SecondaryCaptureImageStorage)
-"""What we send: the TID 1500 SR (and the notice SR) and the heatmap SC."""
 
 OFFERED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 """Our results are Explicit VR Little Endian; pynetdicom re-encodes for an Implicit-only peer."""

@@ -8,7 +8,8 @@ from pathlib import Path
 from pydicom import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from cxr_node import check
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,7 @@ def send(
 
 def echo(port: int) -> bool:
     """True when the node answers C-ECHO."""
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", port, ae_title="CXR_NODE")
-    if not association.is_established:
-        return False
-    try:
-        answer = association.send_c_echo()
-        return "Status" in answer and int(answer.Status) == 0
-    finally:
-        association.release()
+    return check.echo("127.0.0.1", port, "CXR_NODE", calling_ae="MODALITY", timeout=30) is None
 
 
 def transfer_syntax_of(dataset: Dataset) -> str:

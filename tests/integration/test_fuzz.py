@@ -46,21 +46,13 @@ FINAL = {"analysed", "delivered", "not_eligible", "failed"}
 Mutation = Callable[[bytes, int, np.random.Generator], bytes]
 
 
-def _dataset_offset(data: bytes) -> int:
-    """Where the data set starts after the preamble and file meta."""
+def _split(data: bytes) -> tuple[int, str]:
+    """Where the data set starts after preamble and file meta, and the syntax the meta claims
+    (the data set may say otherwise)."""
     stream = io.BytesIO(data)
     read_preamble(stream, False)
     meta = pydicom.filereader._read_file_meta_info(stream)
-    del meta
-    return stream.tell()
-
-
-def _meta_syntax(data: bytes) -> str:
-    """The transfer syntax the file meta claims (the data set may say otherwise)."""
-    stream = io.BytesIO(data)
-    read_preamble(stream, False)
-    meta = pydicom.filereader._read_file_meta_info(stream)
-    return str(meta.TransferSyntaxUID)
+    return stream.tell(), str(meta.TransferSyntaxUID)
 
 
 def _fresh(base: Path, folder: Path, index: int) -> bytes:
@@ -169,10 +161,10 @@ def _cases(
         for index in range(PER_KIND):
             fresh = _fresh(base, folder, index)
             header = pydicom.dcmread(io.BytesIO(fresh), stop_before_pixels=True)
-            mutated = mutate(fresh, _dataset_offset(fresh), rng)
+            mutated = mutate(fresh, _split(fresh)[0], rng)
             path = folder / f"{kind}-{first + len(cases)}.dcm"
             path.write_bytes(mutated)
-            syntax = _meta_syntax(mutated)
+            syntax = _split(mutated)[1]
             sop_class, study = str(header.SOPClassUID), str(header.StudyInstanceUID)
             cases.append((kind, path, sop_class, syntax, study))
     return cases
