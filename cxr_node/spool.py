@@ -6,10 +6,12 @@ from raw header values; anything else is replaced by a hash.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 # Tolerant of leading zeros that real devices write, strict about everything else.
@@ -74,6 +76,46 @@ class Spool:
             raise
         _fsync_directory(destination.parent)
         return size
+
+    @property
+    def receive_folder(self) -> Path:
+        """Where files being received or written live until renamed into place (same file
+        system as the spool, so the rename is atomic)."""
+        return self._tmp
+
+    def adopt(self, received: Path, destination: Path) -> int:
+        """Make a file received in :attr:`receive_folder` durable at ``destination``: fsync it,
+        rename it into place and fsync the folder; return its size. A file on another file
+        system is copied instead (the original stays where it was)."""
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(received, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+            size = os.fstat(descriptor).st_size
+        finally:
+            os.close(descriptor)
+        try:
+            os.replace(received, destination)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with received.open("rb") as stream:
+                return self.write_atomically(destination, [stream.read()])
+        _fsync_directory(destination.parent)
+        return size
+
+    def remove_stale_partials(self, older_than_seconds: float) -> int:
+        """Delete temp files left by interrupted receives or writes; return how many."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        for leftover in self._tmp.iterdir():
+            try:
+                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue  # renamed into place or removed meanwhile
+        return removed
 
     def free_bytes(self) -> int:
         """Free space on the spool's file system."""

@@ -10,14 +10,14 @@ import errno
 import hashlib
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from pydicom import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
+from pydicom import dcmread
 
 from cxr_node import intake
 from cxr_node.dicom import status
+from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger
 from cxr_node.logs import describe_exception
 from cxr_node.spool import Spool, log_ref, safe_key
@@ -44,6 +44,7 @@ class StoreHandler:
         min_free_bytes: int,
         max_instance_bytes: int | None = None,
         rules: intake.EligibilityRules = intake.DEFAULT_RULES,
+        sessions: SenderSessions | None = None,
     ) -> None:
         self._spool = spool
         self._ledger = ledger
@@ -51,6 +52,8 @@ class StoreHandler:
         self._min_free_bytes = min_free_bytes
         self._max_instance_bytes = max_instance_bytes
         self._rules = rules
+        self.sessions = sessions
+        """Told which study each association sent, when a release should end a study."""
 
     def __call__(self, event: Any) -> int:
         """Handle one ``evt.EVT_C_STORE``; always return a status, never raise."""
@@ -68,10 +71,17 @@ class StoreHandler:
             log.error("unexpected %s while storing from %s", describe_exception(exc), calling_ae)
             return status.PROCESSING_FAILURE
 
+    @property
+    def receive_folder(self) -> Path:
+        """Where pynetdicom writes data sets as they arrive (see :mod:`cxr_node.dicom.receive`)."""
+        return self._spool.receive_folder
+
     def _store(self, event: Any, calling_ae: str) -> int:
+        received = _received_file(event)
         try:
-            dataset: Dataset = event.dataset
-            dataset.file_meta = event.file_meta
+            # Large values (the pixels) stay on disk: the header and the presence of Pixel
+            # Data are all the door needs; decoding is the worker's job.
+            dataset = dcmread(received, defer_size=_DEFER_VALUES_OVER_BYTES)
             study_uid = str(dataset.get("StudyInstanceUID", "") or "").strip()
             sop_uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
             sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
@@ -98,7 +108,7 @@ class StoreHandler:
         if self._spool.free_bytes() < self._min_free_bytes:
             log.error("spool free space under the floor: answering Out of Resources")
             return status.OUT_OF_RESOURCES
-        size = len(event.request.DataSet.getvalue())
+        size = received.stat().st_size
         if self._max_instance_bytes is not None and size > self._max_instance_bytes:
             log.warning(
                 "from %s: instance of %d bytes over max_instance_bytes: Out of Resources",
@@ -115,7 +125,7 @@ class StoreHandler:
             )
 
         study_key = safe_key(study_uid)
-        digest = hashlib.sha256(event.request.DataSet.getvalue()).hexdigest()
+        digest = data_set_digest(received)
         if self._ledger.instance_digest(study_key, sop_uid) == digest:
             log.info(
                 "instance %s of study %s from %s already stored with the same content: "
@@ -126,7 +136,7 @@ class StoreHandler:
             )
             return status.SUCCESS
         path = self._spool.instance_path(study_uid, sop_uid)
-        size = self._spool.write_atomically(path, [_encode_as_received(event)])
+        size = self._spool.adopt(received, path)
         is_new = self._ledger.record_instance(
             study_key=study_key,
             study_uid=study_uid,
@@ -141,6 +151,8 @@ class StoreHandler:
             destinations=self._router(calling_ae, _peer_address(event)),
             sha256=digest,
         )
+        if self.sessions is not None:
+            self.sessions.saw(event.assoc, study_key)
         log.info(
             "stored instance %s of study %s from %s (%d bytes)%s%s",
             log_ref(sop_uid),
@@ -153,17 +165,36 @@ class StoreHandler:
         return status.SUCCESS
 
 
+def data_set_digest(part10_file: Path) -> str:
+    """SHA-256 of the data set of a Part 10 file, without its preamble and File Meta
+    Information (PS3.10 7.1): the same content sent twice has the same digest."""
+    with part10_file.open("rb") as stream:
+        stream.seek(_PREAMBLE_AND_PREFIX)
+        group_length = stream.read(_GROUP_LENGTH_ELEMENT)
+        if group_length[:4] != b"\x02\x00\x00\x00" or len(group_length) != 12:
+            raise ValueError("File Meta Information Group Length missing")
+        stream.seek(_PREAMBLE_AND_PREFIX + _GROUP_LENGTH_ELEMENT + _uint32(group_length[8:]))
+        return hashlib.file_digest(stream, "sha256").hexdigest()
+
+
+_DEFER_VALUES_OVER_BYTES = 4096
+_PREAMBLE_AND_PREFIX = 128 + 4
+_GROUP_LENGTH_ELEMENT = 12
+"""(0002,0000) UL, explicit VR little endian: tag 4, VR 2, length 2, value 4 (PS3.10 7.1)."""
+
+
+def _uint32(little_endian: bytes) -> int:
+    return int.from_bytes(little_endian, "little")
+
+
+def _received_file(event: Any) -> Path:
+    """The Part 10 file pynetdicom wrote the data set to (chunked receive is on: see
+    :func:`cxr_node.dicom.receive.enable_chunked_receive`)."""
+    return Path(event.dataset_path)
+
+
 def _peer_address(event: Any) -> str | None:
     try:
         return str(event.assoc.requestor.address)
     except AttributeError:
         return None
-
-
-def _encode_as_received(event: Any) -> bytes:
-    """Part 10 bytes: preamble, file meta, and the data set as it arrived (PS3.10 7.1)."""
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, event.file_meta, enforce_standard=True)
-    buffer.write(event.request.DataSet.getvalue())
-    return buffer.getvalue()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -14,6 +15,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from cxr_node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from cxr_node.dicom.handlers import StoreHandler, handle_echo
+from cxr_node.dicom.receive import enable_chunked_receive
 from cxr_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class GatedAE(AE):
         super().__init__(ae_title=ae_title)
         self._gate = gate
         self._other_titles = frozenset(other_titles)
+        self.receive_folder: Path | None = None
+        """Where C-STORE data sets are written as they arrive (cxr_node.dicom.receive)."""
 
     @property  # type: ignore[misc]
     def require_calling_aet(self) -> list[str]:
@@ -65,7 +69,7 @@ class GatedAE(AE):
         return [_NOBODY]
 
 
-def build_ae(settings: Settings, gate: SourceGate | None = None) -> AE:
+def build_ae(settings: Settings, gate: SourceGate | None = None) -> GatedAE:
     """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax,
     from known sources only when ``gate`` is given."""
     ae = GatedAE(settings.ae_title, gate, tuple(settings.additional_ae_titles))
@@ -84,9 +88,21 @@ def build_ae(settings: Settings, gate: SourceGate | None = None) -> AE:
 def start_server(
     settings: Settings, store_handler: StoreHandler, gate: SourceGate | None = None
 ) -> ThreadedAssociationServer:
-    """Start listening in background threads; the caller owns shutdown()."""
+    """Start listening in background threads; the caller owns shutdown().
+
+    Data sets are received chunked, straight into the spool's folder, and never decoded here.
+    """
+    enable_chunked_receive()
     ae = build_ae(settings, gate)
+    ae.receive_folder = store_handler.receive_folder
     handlers: list[Any] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, store_handler)]
+    sessions = store_handler.sessions
+    if sessions is not None:
+        handlers += [
+            (evt.EVT_RELEASED, sessions.released),
+            (evt.EVT_ABORTED, sessions.ended_without_release),
+            (evt.EVT_CONN_CLOSE, sessions.ended_without_release),
+        ]
     ssl_context = settings.tls.server_context() if settings.tls is not None else None
     server = ae.start_server(
         (settings.bind_address, settings.port),

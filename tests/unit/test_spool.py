@@ -194,3 +194,27 @@ def test_log_ref_is_stable_short_and_hides_the_uid() -> None:
 def test_log_ref_differs_between_uids() -> None:
     assert log_ref("1.2.3.4") != log_ref("1.2.3.5")
     assert log_ref("") != log_ref("1")
+
+
+# --- adopting received files ------------------------------------------------------------------
+
+
+def test_adopt_renames_a_received_file_into_place(spool: Spool) -> None:
+    received = spool.receive_folder / "receiving-1.dcm"
+    received.write_bytes(b"x" * 1000)
+    destination = spool.instance_path(CR_UID, "1.2.3")
+    assert spool.adopt(received, destination) == 1000
+    assert destination.read_bytes() == b"x" * 1000
+    assert not received.exists()
+
+
+def test_stale_partial_files_are_removed_and_fresh_ones_kept(spool: Spool) -> None:
+    stale = spool.receive_folder / "receiving-old.dcm"
+    fresh = spool.receive_folder / "receiving-new.dcm"
+    stale.write_bytes(b"old")
+    fresh.write_bytes(b"new")
+    two_hours_ago = os.stat(stale).st_mtime - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    assert spool.remove_stale_partials(older_than_seconds=3600) == 1
+    assert not stale.exists()
+    assert fresh.exists()
