@@ -1,6 +1,8 @@
 """Study assembly and recovery: turn quiet studies into jobs, and re-send jobs a crash lost.
 
-A study is assembled once no instance has arrived for ``study_quiet_seconds``. Every job is
+A study is assembled once the association that sent it is released and no other open
+association has sent images of it (``assemble_on_release``), or else once no instance has
+arrived for ``study_quiet_seconds``. Every job is
 recorded in the ledger before it is sent, and sending twice is harmless (the worker claims a
 study atomically, a delivery task leases its destination, a notice is recorded once), so
 re-sending after a crash never loses or duplicates results. Delivery retries are scheduled in
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cxr_node.jobs import InferenceJob
 from cxr_node.ledger import Ledger, StudyState
@@ -38,8 +41,10 @@ class StudyAssembler:
         quiet_seconds: float,
         owns_all_workers: bool,
         not_analysed_report: bool = True,
+        housekeeping: Callable[[], None] | None = None,
     ) -> None:
         self._ledger = ledger
+        self._housekeeping = housekeeping
         self._owns_all_workers = owns_all_workers
         self._queue = queue
         self._quiet_seconds = quiet_seconds
@@ -47,10 +52,27 @@ class StudyAssembler:
         self._last_recovery = 0.0
         self._last_sweep = 0.0
         self._submitted: dict[str, float] = {}
+        self._released: set[str] = set()
+        self._released_lock = threading.Lock()
+        self._wake = threading.Event()
+
+    def studies_complete(self, study_keys: list[str]) -> None:
+        """Their senders released their associations: assemble them now (any thread)."""
+        with self._released_lock:
+            self._released.update(study_keys)
+        self._wake.set()
 
     def assemble_ready(self) -> int:
-        """Enqueue (or refuse with a reason) every study that has gone quiet; return how many."""
-        ready = self._ledger.studies_quiet_since(self._quiet_seconds)
+        """Enqueue (or refuse with a reason) every study that is complete or has gone quiet;
+        return how many."""
+        with self._released_lock:
+            released, self._released = self._released, set()
+        ready = [key for key in sorted(released) if self._ledger.is_receiving(key)]
+        ready += [
+            key
+            for key in self._ledger.studies_quiet_since(self._quiet_seconds)
+            if key not in released
+        ]
         for study_key in ready:
             self._dispatch(study_key)
         return len(ready)
@@ -72,6 +94,8 @@ class StudyAssembler:
         if at_start and self._owns_all_workers:
             self._ledger.release_all_destination_leases()
             self._submitted.clear()
+        if self._housekeeping is not None:
+            self._housekeeping()
         self._last_recovery = time.monotonic()
         self.sweep()
 
@@ -109,7 +133,8 @@ class StudyAssembler:
                     "study assembly failed this round (%s); retrying", describe_exception(exc)
                 )
                 stop.wait(1.0)
-            stop.wait(tick_seconds)
+            self._wake.wait(tick_seconds)
+            self._wake.clear()
 
     def _dispatch(self, study_key: str) -> None:
         job = self._job(study_key)

@@ -413,6 +413,14 @@ class Ledger:
 
     # --- assembly and recovery ----------------------------------------------------------------
 
+    def is_receiving(self, study_key: str) -> bool:
+        """Whether the study is in RECEIVED (waiting to be assembled)."""
+        with self._begin() as db:
+            state = db.execute(
+                sa.select(studies.c.state).where(studies.c.study_key == study_key)
+            ).scalar()
+        return state == StudyState.RECEIVED
+
     def studies_quiet_since(self, quiet_seconds: float) -> list[str]:
         """Studies in RECEIVED whose last instance arrived at least ``quiet_seconds`` ago."""
         cutoff = time.time() - quiet_seconds

@@ -12,6 +12,7 @@ from cxr_node.demo import demo_mode
 from cxr_node.destinations import Router
 from cxr_node.dicom.handlers import StoreHandler
 from cxr_node.dicom.scp import start_server
+from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.embedded import WorkerSupervisor
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
@@ -47,6 +48,7 @@ def serve(settings: Settings) -> None:
         settings.study_quiet_seconds,
         owns_all_workers=settings.embedded_queue,
         not_analysed_report=settings.not_analysed_report,
+        housekeeping=lambda: _remove_partial_files(spool),
     )
     assembler.recover(at_start=True)  # before the workers start: it frees their old leases
     for supervisor in supervisors:
@@ -59,6 +61,9 @@ def serve(settings: Settings) -> None:
         min_free_bytes=settings.spool_min_free_bytes,
         max_instance_bytes=settings.max_instance_bytes,
         rules=settings.eligibility,
+        sessions=SenderSessions(assembler.studies_complete)
+        if settings.assemble_on_release
+        else None,
     )
     gate = (
         (lambda ae, address: router.known_source(ae, address) is not None)
@@ -95,3 +100,13 @@ def serve(settings: Settings) -> None:
             supervisor.stop()
         ledger.close()
         log.info("stopped")
+
+
+PARTIAL_FILES_KEPT_SECONDS = 3600.0
+"""A temp file this old in the spool is left by an aborted association or a crashed writer."""
+
+
+def _remove_partial_files(spool: Spool) -> None:
+    removed = spool.remove_stale_partials(PARTIAL_FILES_KEPT_SECONDS)
+    if removed:
+        log.info("removed %d partial file(s) left by interrupted transfers", removed)

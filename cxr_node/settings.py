@@ -80,7 +80,13 @@ class Settings(BaseSettings):
     not_analysed_report: bool = Field(
         default=True, description="send an SR saying the AI did not analyse a study, and why"
     )
-    study_quiet_seconds: float = Field(default=2.0, ge=0.0, le=3600.0)
+    study_quiet_seconds: float = Field(
+        default=2.0, ge=0.0, le=3600.0, description="assemble a study once quiet this long"
+    )
+    assemble_on_release: bool = Field(
+        default=True,
+        description="a study is complete when the association that sent it is released",
+    )
     eligibility: EligibilityRules = Field(
         default_factory=EligibilityRules, description="what is analysed (docs/architecture)"
     )

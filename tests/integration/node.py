@@ -15,8 +15,16 @@ from tests.conftest import REPO, free_port, node_env, wait_for_port
 class NodeProcess:
     """A ``cxr-node serve`` (or ``worker``) subprocess with its own data dir and log file."""
 
-    def __init__(self, data_dir: Path, models: Path, *args: str, command: str = "serve") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        models: Path,
+        *args: str,
+        command: str = "serve",
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.data_dir = data_dir
+        self.extra_env = env or {}
         self.models = models
         self.port = free_port()
         self.args = list(args)
@@ -40,7 +48,7 @@ class NodeProcess:
             self.process = subprocess.Popen(
                 arguments + self.args,
                 cwd=REPO,
-                env=node_env(self.models),
+                env=node_env(self.models) | self.extra_env,
                 stdout=log,
                 stderr=log,
                 start_new_session=True,

@@ -112,8 +112,15 @@ def test_sigkill_after_ack_before_analysis_still_delivers_once(
     tmp_path: Path, models_dir: Path, storescp: StoreSCP, chest: Path, nodes: list[NodeProcess]
 ) -> None:
     data = tmp_path / "node"
+    only_quiet_period = {"CXR_NODE_ASSEMBLE_ON_RELEASE": "false"}
     first = NodeProcess(
-        data, models_dir, "--destination", storescp.address, "--quiet-seconds", "4"
+        data,
+        models_dir,
+        "--destination",
+        storescp.address,
+        "--quiet-seconds",
+        "4",
+        env=only_quiet_period,
     ).start()
     nodes.append(first)
     sent = storescu(first.port, chest)

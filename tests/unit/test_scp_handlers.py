@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,8 +23,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_node.destinations import Router, SourceRule
 from cxr_node.dicom import status
-from cxr_node.dicom.handlers import StoreHandler
+from cxr_node.dicom.handlers import StoreHandler, data_set_digest
 from cxr_node.dicom.scp import SourceGate, start_server
+from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger, StudyState
 from cxr_node.settings import Settings, load_settings
 from cxr_node.spool import Spool, safe_key
@@ -46,12 +49,15 @@ class Node:
         self.ledger = Ledger(settings.ledger)
         self.routed: list[str] = []
         self.addresses: list[str | None] = []
+        self.completed: list[list[str]] = []
+        self.sessions = SenderSessions(self.completed.append)
         handler = StoreHandler(
             self.spool,
             self.ledger,
             self._route,
             min_free_bytes=min_free_bytes,
             max_instance_bytes=max_instance_bytes,
+            sessions=self.sessions,
         )
         self.server = start_server(settings, handler, gate)
 
@@ -199,6 +205,43 @@ def test_c_store_spools_and_records_the_instance(node: Node) -> None:
     assert list((node.spool.root / ".tmp").iterdir()) == []
 
 
+def test_a_data_set_is_received_into_the_spool_folder_and_renamed_into_place(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunked receive (cxr_node.dicom.receive): the data set is written to the spool's own
+    folder as it arrives, then renamed; no copy in the system temp folder, none in memory."""
+    folders: list[Path] = []
+    real_adopt = node.spool.adopt
+
+    def adopt(received: Path, destination: Path) -> int:
+        folders.append(received.parent)
+        assert received.stat().st_dev == node.spool.root.stat().st_dev
+        return real_adopt(received, destination)
+
+    monkeypatch.setattr(node.spool, "adopt", adopt)
+    ds = make_cr_chest(rows=512, columns=512)
+    assert store(node, ds) == status.SUCCESS
+    assert folders == [node.spool.receive_folder]
+    path = node.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    assert pydicom.dcmread(path).PixelData == ds.PixelData
+    assert list(node.spool.receive_folder.iterdir()) == []
+
+
+def test_the_digest_is_of_the_data_set_as_sent(node: Node) -> None:
+    """The duplicate check hashes the data set bytes, not the File Meta we add."""
+    ds = make_cr_chest()
+    assert store(node, ds) == status.SUCCESS
+    path = node.spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+    raw = path.read_bytes()
+    meta_length = int.from_bytes(raw[140:144], "little")
+    expected = hashlib.sha256(raw[144 + meta_length :]).hexdigest()
+    assert data_set_digest(path) == expected
+    assert node.ledger.instance_digest(safe_key(ds.StudyInstanceUID), ds.SOPInstanceUID) == (
+        expected
+    )
+    assert len(raw) - 144 - meta_length > ds.Rows * ds.Columns * 2  # the pixels are in it
+
+
 def test_ineligible_instance_is_stored_and_recorded_with_its_reason(node: Node) -> None:
     ds = make_cr_chest()
     ds.ViewPosition = "LL"
@@ -303,6 +346,55 @@ def test_several_instances_of_one_study_in_one_association(node: Node) -> None:
     instances = node.ledger.instances_of(safe_key(first.StudyInstanceUID))
     assert {i.sop_instance_uid for i in instances} == {first.SOPInstanceUID, second.SOPInstanceUID}
     assert len(node.files_of(first.StudyInstanceUID)) == 2
+
+
+# --- a release ends a study -------------------------------------------------------------------
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_a_release_completes_the_studies_of_its_association(node: Node) -> None:
+    first, second = make_cr_chest(), make_cr_chest()
+    assoc = associate(node)
+    assert [int(assoc.send_c_store(ds).Status) for ds in (first, second)] == [0, 0]
+    time.sleep(0.2)
+    assert node.completed == []  # not while the association is open
+    assoc.release()
+    assert _wait_for(lambda: node.completed != [])
+    expected = sorted(safe_key(ds.StudyInstanceUID) for ds in (first, second))
+    assert node.completed == [expected]
+    assert _wait_for(lambda: node.sessions.open_associations() == 0)
+
+
+def test_a_study_still_being_sent_elsewhere_is_not_complete(node: Node) -> None:
+    first, second = make_cr_chest(), make_cr_chest()
+    second.StudyInstanceUID = first.StudyInstanceUID
+    one, other = associate(node), associate(node)
+    assert int(one.send_c_store(first).Status) == status.SUCCESS
+    assert int(other.send_c_store(second).Status) == status.SUCCESS
+    one.release()
+    time.sleep(0.5)
+    assert node.completed == []
+    other.release()
+    assert _wait_for(lambda: node.completed == [[safe_key(first.StudyInstanceUID)]])
+
+
+def test_an_aborted_association_completes_nothing(node: Node) -> None:
+    ds = make_cr_chest()
+    assoc = associate(node)
+    assert int(assoc.send_c_store(ds).Status) == status.SUCCESS
+    assoc.abort()
+    assert _wait_for(lambda: node.sessions.open_associations() == 0)
+    time.sleep(0.2)
+    assert node.completed == []
+    assert node.ledger.is_receiving(safe_key(ds.StudyInstanceUID))  # the quiet period decides
 
 
 # --- who may associate ------------------------------------------------------------------------
