@@ -29,7 +29,7 @@ from cxr_node.errors import ModelBundleError
 from cxr_node.jobs import CodedConcept, ModelInfo, ModelMember
 from cxr_node.settings import EnsembleMember, Settings
 from workers.bundles import Bundle, list_bundles, read_bundle
-from workers.networks import GRADCAM_LAYER, build_network
+from workers.networks import build_network, forward_with_activation
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +157,8 @@ class Ensemble:
         sums: dict[str, list[float]] = {}
         activations: list[torch.Tensor] = []
         for member in self.members:
-            captured: list[torch.Tensor] = []
-            layer = member.network.get_submodule(GRADCAM_LAYER)
-            hook = layer.register_forward_hook(lambda _m, _i, out, sink=captured: sink.append(out))
-            try:
-                logits = member.network(batch)
-            finally:
-                hook.remove()
-            activations.append(captured[0][0].float())
+            logits, activation = forward_with_activation(member.network, batch)
+            activations.append(activation[0].float())
             probabilities = torch.sigmoid(logits)[0].float().cpu().numpy()
             for spec in member.bundle.metadata.labels:
                 p = float(probabilities[member.label_index[spec.name]])

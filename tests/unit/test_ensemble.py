@@ -26,7 +26,7 @@ from workers.bundles import Bundle as ModelBundle
 from workers.bundles import BundleMetadata, LabelSpec, Preprocessing
 from workers.ensemble import Ensemble, LoadedMember
 from workers.labels import code_for
-from workers.networks import GRADCAM_LAYER
+from workers.networks import GRADCAM_LAYER, forward_with_activation
 
 
 def _bundle(labels: list[str], size: int = 224) -> ModelBundle:
@@ -168,11 +168,19 @@ def test_real_monochrome1_radiograph_and_its_monochrome2_twin_agree(models_dir: 
     )
 
 
+class FirstPixels(nn.Module):
+    """Stands in for DenseNet features: one 4x4 channel of the image."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1, :4, :4]
+
+
 class ConstantHead(nn.Module):
     """Outputs fixed logits whatever the image (synthetic test net with the expected head)."""
 
     def __init__(self, logits: list[float]) -> None:
         super().__init__()
+        self.features = FirstPixels()
         self.class_layers = nn.Sequential(
             OrderedDict(
                 relu=nn.ReLU(),
@@ -186,7 +194,7 @@ class ConstantHead(nn.Module):
             self.class_layers.out.bias.copy_(torch.tensor(logits))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.class_layers(x[:, :1, :4, :4])
+        return self.class_layers(self.features(x))
 
 
 def test_labels_are_averaged_over_the_members_that_have_them_by_weight() -> None:
@@ -201,3 +209,19 @@ def test_labels_are_averaged_over_the_members_that_have_them_by_weight() -> None
     }
     assert predictions["A"].probability == pytest.approx(0.8, abs=1e-6)  # only the first has A
     assert predictions["B"].probability == pytest.approx((3 * 0.5 + 1 * 0.8) / 4, abs=1e-6)
+
+
+def test_forward_with_activation_is_the_network_forward_and_its_gradcam_layer() -> None:
+    """The hook-free forward (safe for concurrent analyses) computes what MONAI's does."""
+    torch.manual_seed(3)
+    network = DenseNet121(spatial_dims=2, in_channels=1, out_channels=4).eval()
+    batch = torch.rand(2, 1, 64, 64)
+    captured: list[torch.Tensor] = []
+    layer = network.get_submodule(GRADCAM_LAYER)
+    hook = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    with torch.inference_mode():
+        expected = network(batch)
+        logits, activation = forward_with_activation(network, batch)
+    hook.remove()
+    assert torch.equal(logits, expected)
+    assert torch.equal(activation, captured[0])
