@@ -17,7 +17,17 @@ from tests.unit._synthetic import (
     make_analysis,
     make_dx_chest,
 )
-from workers.encode.sc import MAX_SIDE, build_heatmap_sc, layout, legend_lines, render
+from workers.encode.sc import (
+    HOT_FLOOR,
+    MAX_ALPHA,
+    MAX_SIDE,
+    blend,
+    build_heatmap_sc,
+    colormap,
+    layout,
+    legend_lines,
+    render,
+)
 
 
 def _heatmap(rows: int, columns: int) -> np.ndarray:
@@ -190,3 +200,42 @@ def test_real_cr_chest_validates(tmp_path: Path) -> None:
     assert pydicom.dcmread(path).SourceImageSequence[0].ReferencedSOPInstanceUID == (
         source.SOPInstanceUID
     )
+
+
+_JET = [(0.0, 0, 0, 128), (0.125, 0, 0, 255), (0.375, 0, 255, 255)]
+_JET += [(0.625, 255, 255, 0), (0.875, 255, 0, 0), (1.0, 128, 0, 0)]
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """The classic jet colour map, uint8 RGB (the reference)."""
+    positions = [anchor[0] for anchor in _JET]
+    channels = [np.interp(values, positions, [anchor[c] for anchor in _JET]) for c in (1, 2, 3)]
+    return np.stack(channels, axis=-1).round().astype(np.uint8)
+
+
+def _whole_image_blend(gray: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
+    """The overlay computed on every pixel, as the encoder first did (the reference)."""
+    base = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    if heatmap is None:
+        return base.astype(np.uint8)
+    alpha = MAX_ALPHA * np.clip((heatmap - HOT_FLOOR) / (1.0 - HOT_FLOOR), 0.0, 1.0)
+    colour = _jet(heatmap).astype(np.float32)
+    out = base * (1.0 - alpha[..., None]) + colour * alpha[..., None]
+    return np.clip(out.round(), 0, 255).astype(np.uint8)
+
+
+def test_blend_computes_only_hot_pixels_with_the_same_result() -> None:
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 256, (97, 131), dtype=np.uint8)
+    maps = [
+        rng.random((97, 131), dtype=np.float32),
+        rng.random((97, 131), dtype=np.float32) * 1.6 - 0.3,  # out of range both ways
+        np.float32(HOT_FLOOR) + (rng.random((97, 131), dtype=np.float32) - 0.5) * 1e-6,
+        np.zeros((97, 131), dtype=np.float32),
+        _heatmap(97, 131),
+    ]
+    for heatmap in maps:
+        assert np.array_equal(blend(gray, heatmap), _whole_image_blend(gray, heatmap))
+    assert np.array_equal(blend(gray, None), _whole_image_blend(gray, None))
+    values = np.linspace(-0.1, 1.1, 1001)
+    assert np.array_equal(colormap(values), _jet(values))

@@ -10,10 +10,13 @@ import pydicom
 import pydicom.config
 import pydicom.datadict
 import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from cxr_node.jobs import ImageAnalysis
+from cxr_node.jobs import CodedConcept as JobCode
+from cxr_node.jobs import ImageAnalysis, Priority, Region
 from tests.dicom_checks import dciodvfy, dsrdump
 from tests.unit._synthetic import (
     corpus_file,
@@ -21,12 +24,21 @@ from tests.unit._synthetic import (
     make_dx_chest,
 )
 from workers.encode.sr import (
+    AI_CONTRIBUTION,
     COMMENT,
+    MANUFACTURER,
     PRIORITY,
     PRIORITY_VALUES,
+    PROCEDURE_CHEST_XR,
+    _fast_report,
+    ai_equipment,
     build_measurement_report,
+    header_view,
+    private_coding_schemes,
+    restore_verbatim,
     series_description,
 )
+from workers.encode.sr import _report as _highdicom_report
 
 
 def _build(source: pydicom.Dataset, analysis: ImageAnalysis) -> hd.sr.Comprehensive3DSR:
@@ -269,3 +281,110 @@ def test_sloppy_dates_and_times_do_not_stop_the_report(tmp_path: Path) -> None:
     assert sr.StudyDate == ""
     errors, _warnings = dciodvfy(_write(sr, tmp_path))
     assert errors == []
+
+
+# --- the templated build is the tree highdicom builds directly ------------------------
+
+
+def _encoded(item: pydicom.Dataset) -> bytes:
+    """A dataset's elements as pydicom writes them (Explicit VR Little Endian)."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, item)
+    return buffer.getvalue()
+
+
+def _variants(source: pydicom.Dataset) -> list[ImageAnalysis]:
+    """Analyses that exercise every templated value: flags, regions, order, odd numbers."""
+    uid = source.SOPInstanceUID
+    rows, columns = int(source.Rows), int(source.Columns)
+    demo = make_analysis(uid, demo=True, rows=rows, columns=columns)
+    negative = make_analysis(uid, demo=False, rows=rows, columns=columns)
+    negative.findings[0].positive = False
+    negative.priority = Priority.ROUTINE
+    crowded = make_analysis(uid, demo=False, rows=rows, columns=columns)
+    effusion, pneumothorax = crowded.findings
+    pneumothorax.positive, pneumothorax.probability = True, 0.999999
+    pneumothorax.region = Region(x_min=-5.0, y_min=1.5, x_max=columns + 9.0, y_max=rows / 3)
+    effusion.probability = 1 / 3
+    third = effusion.model_copy(
+        update={"label": "Nodule", "probability": 1e-7, "positive": False, "region": None}
+    )
+    third.code = JobCode(value="27925004", scheme="SCT", meaning="Nodule")
+    crowded.findings.append(third)
+    crowded.abnormality_score = 0.0
+    crowded.priority = Priority.CRITICAL
+    unlocated = make_analysis(uid, demo=True, rows=rows, columns=columns)
+    unlocated.findings[0].region = None
+    unlocated.abnormality_score = 1.0
+    return [demo, negative, crowded, unlocated]
+
+
+def _sources() -> list[pydicom.Dataset]:
+    """DX with orientation and spacing (TID 1603), sparse, other sizes, a frame of reference."""
+    full = make_dx_chest()
+    sparse = make_dx_chest(rows=300, columns=200)
+    del sparse.PatientOrientation, sparse.ImagerPixelSpacing
+    framed = make_dx_chest(rows=128, columns=160)
+    framed.FrameOfReferenceUID = generate_uid()
+    framed.ImagerPixelSpacing = ["0.139", "0.1390"]
+    return [full, sparse, framed, make_dx_chest(rows=64, columns=64)]
+
+
+def test_templated_report_is_the_tree_highdicom_builds() -> None:
+    for source in _sources():
+        for analysis in _variants(source):
+            sr_uid = str(generate_uid())
+            fast = _fast_report(source, analysis, sr_uid)
+            reference = _highdicom_report(source, analysis, sr_uid)[0]
+            assert _encoded(fast) == _encoded(reference)
+            assert type(fast) is type(reference)
+
+
+def test_templated_report_of_a_real_cr_is_the_tree_highdicom_builds() -> None:
+    source = pydicom.dcmread(corpus_file("dwv/gdcm-CR-MONO1-10-chest.dcm"))
+    for analysis in _variants(source):
+        sr_uid = str(generate_uid())
+        assert _encoded(_fast_report(source, analysis, sr_uid)) == _encoded(
+            _highdicom_report(source, analysis, sr_uid)[0]
+        )
+
+
+_NOW = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def test_document_is_the_one_highdicom_builds_from_the_whole_tree(source: pydicom.Dataset) -> None:
+    """comprehensive_sr hands highdicom the root without children; nothing else changes."""
+    analysis = _variants(source)[2]
+    series_uid, sop_uid = str(generate_uid()), str(generate_uid())
+    sr = build_measurement_report(
+        source, analysis, series_instance_uid=series_uid, sop_instance_uid=sop_uid, series_number=7
+    )
+    reference = hd.sr.Comprehensive3DSR(
+        evidence=[header_view(source)],
+        content=_highdicom_report(source, analysis, sop_uid),
+        series_instance_uid=series_uid,
+        series_number=7,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        performed_procedure_codes=[PROCEDURE_CHEST_XR],
+        series_description=series_description(demo=False),
+        manufacturer_model_name=analysis.model.name,
+        software_versions=analysis.model.version,
+        coding_schemes=private_coding_schemes(),
+        contributing_equipment=[ai_equipment(analysis.model, AI_CONTRIBUTION)],
+    )
+    restore_verbatim(reference, source)
+    for keyword in _NOW:  # the moment of creation differs
+        setattr(sr, keyword, reference[keyword].value)
+    for mine, theirs in zip(
+        sr.ContributingEquipmentSequence, reference.ContributingEquipmentSequence, strict=True
+    ):
+        if "ContributionDateTime" in theirs:
+            mine.ContributionDateTime = theirs.ContributionDateTime
+    assert _encoded(sr) == _encoded(reference)
+    assert _encoded(sr.content[0]) == _encoded(reference.content[0])

@@ -9,6 +9,9 @@ Built with highdicom ``SCImage.from_ref_dataset``, in the source study, a new se
 
 from __future__ import annotations
 
+import functools
+import threading
+
 import highdicom as hd
 import numpy as np
 import pydicom
@@ -53,22 +56,42 @@ _JET = (
 )
 
 
+_JET_POSITIONS = [p for p, _ in _JET]
+_JET_CHANNELS = [[rgb[c] for _, rgb in _JET] for c in range(3)]
+
+
+def _jet(values: np.ndarray, channel: int) -> np.ndarray:
+    """One jet channel, rounded to whole levels (float64)."""
+    return np.interp(values, _JET_POSITIONS, _JET_CHANNELS[channel]).round()
+
+
 def colormap(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to uint8 RGB with the jet colour map (shape + (3,))."""
-    positions = [p for p, _ in _JET]
-    channels = [np.interp(values, positions, [rgb[c] for _, rgb in _JET]) for c in range(3)]
-    return np.stack(channels, axis=-1).round().astype(np.uint8)
+    return np.stack([_jet(values, c) for c in range(3)], axis=-1).astype(np.uint8)
 
 
 def blend(gray: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
-    """Grey image to RGB, with the heatmap blended in where it is above HOT_FLOOR."""
-    base = np.repeat(gray[..., None], 3, axis=-1).astype(np.float32)
+    """Grey image to RGB, with the heatmap blended in where it is above HOT_FLOOR.
+
+    Per pixel and channel: grey * (1 - alpha) + jet(heat) * alpha in float32, rounded, with
+    alpha rising from 0 at HOT_FLOOR to MAX_ALPHA at 1. Where alpha is 0 that is the grey
+    value itself, so only the other pixels are computed (the same arithmetic, fewer pixels).
+    """
+    if gray.dtype != np.uint8:
+        gray = gray.astype(np.float32).astype(np.uint8)
+    rgb = np.stack([gray, gray, gray], axis=-1)
     if heatmap is None:
-        return base.astype(np.uint8)
-    alpha = MAX_ALPHA * np.clip((heatmap - HOT_FLOOR) / (1.0 - HOT_FLOOR), 0.0, 1.0)
-    colour = colormap(heatmap).astype(np.float32)
-    out = base * (1.0 - alpha[..., None]) + colour * alpha[..., None]
-    return np.clip(out.round(), 0, 255).astype(np.uint8)
+        return rgb
+    hot = ~(heatmap <= HOT_FLOOR)  # NaN included: computed as before
+    heat = heatmap[hot]
+    if heat.size == 0:
+        return rgb
+    alpha = MAX_ALPHA * np.clip((heat - HOT_FLOOR) / (1.0 - HOT_FLOOR), 0.0, 1.0)
+    base = gray[hot].astype(np.float32) * (1.0 - alpha)
+    for channel in range(3):
+        mixed = base + _jet(heat, channel).astype(np.float32) * alpha
+        rgb[..., channel][hot] = np.clip(mixed.round(), 0, 255).astype(np.uint8)
+    return rgb
 
 
 def _check_inputs(
@@ -85,12 +108,23 @@ def _check_inputs(
     return np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
 
 
+_FONTS = threading.local()
+
+
 def _font(size: int) -> Font:
-    """Pillow's default font at ``size`` (FreeType), else the fixed bitmap default."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):
-        return ImageFont.load_default()
+    """Pillow's default font at ``size`` (FreeType), else the fixed bitmap default.
+
+    Loaded once per size and thread (a FreeType face is not for concurrent use).
+    """
+    fonts: dict[int, Font] = _FONTS.__dict__.setdefault("by_size", {})
+    font = fonts.get(size)
+    if font is None:
+        try:
+            font = ImageFont.load_default(size=size)
+        except (TypeError, ImportError, OSError):
+            font = ImageFont.load_default()
+        fonts[size] = font
+    return font
 
 
 def legend_lines(analysis: ImageAnalysis) -> list[str]:
@@ -115,13 +149,16 @@ def _font_size(width: int) -> int:
 
 def _fitting_font(text: str, width: int) -> Font:
     """Largest default font, from the band's size down to 7 px, at which text fits."""
+    return _font(_fitting_size(text, width))
+
+
+@functools.lru_cache(maxsize=256)
+def _fitting_size(text: str, width: int) -> int:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     size = _font_size(width)
-    font = _font(size)
-    while size > 7 and draw.textlength(text, font=font) > width - size:
+    while size > 7 and draw.textlength(text, font=_font(size)) > width - size:
         size -= 1
-        font = _font(size)
-    return font
+    return size
 
 
 def _band_height(n_lines: int, size: int, with_bar: bool) -> int:
@@ -259,15 +296,20 @@ def build_heatmap_sc(
     sop_instance_uid: str,
     series_number: int,
     instance_number: int = 1,
+    header: pydicom.Dataset | None = None,
 ) -> pydicom.Dataset:
-    """RGB Secondary Capture (PS3.3 A.8.1) of the heatmap overlay, in the source study."""
+    """RGB Secondary Capture (PS3.3 A.8.1) of the heatmap overlay, in the source study.
+
+    ``header``: ``header_view(source)`` when the caller has one to give away (the SC keeps
+    its elements).
+    """
     if analysis.sop_instance_uid != source.SOPInstanceUID:
         raise ValueError("analysis does not belong to the source image")
     heat = _check_inputs(source, display, heatmap)
     pixels = render(display, heat, analysis)
     orientation = _orientation(source)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header_view(source),
+        ref_dataset=header if header is not None else header_view(source),
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
