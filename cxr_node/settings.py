@@ -94,7 +94,15 @@ class Settings(BaseSettings):
         default_factory=list, description="Empty: every bundle found in models_dir, weight 1"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    torch_threads: int | None = Field(default=None, ge=1, le=256)
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=256, description="default: CPU cores / analysis_concurrency"
+    )
+    analysis_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="studies analysed at once by one worker process (default: see architecture)",
+    )
     gradcam_top_k: int = Field(
         default=3, ge=0, le=18, description="Grad-CAM also for the k highest-ranked findings"
     )

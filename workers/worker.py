@@ -46,14 +46,41 @@ def _run_analysis(settings: Settings) -> int:
 
     from workers.analysis import Analyzer
 
-    torch.set_num_threads(settings.torch_threads or max(1, os.cpu_count() or 1))
+    analyzer = Analyzer(settings)
+    concurrency, threads = analysis_parallelism(
+        settings, on_gpu=analyzer.ensemble.device.type != "cpu"
+    )
+    torch.set_num_threads(threads)
     queue = JobQueue(settings)
-    runtime.configure(settings, queue, analyzer=Analyzer(settings))
+    runtime.configure(settings, queue, analyzer=analyzer)
     import workers.tasks  # noqa: F401  (registers the analysis task on the app)
 
-    log.info("analysis worker ready (%s)", _mode(settings))
-    _consume(queue, settings, ANALYSIS_QUEUE, ["--pool=solo"], "analysis")
+    log.info(
+        "analysis worker ready (%s; %d stud%s at once, %d torch thread%s)",
+        _mode(settings),
+        concurrency,
+        "y" if concurrency == 1 else "ies",
+        threads,
+        "" if threads == 1 else "s",
+    )
+    pool = (
+        ["--pool=solo"] if concurrency == 1 else ["--pool=threads", f"--concurrency={concurrency}"]
+    )
+    _consume(queue, settings, ANALYSIS_QUEUE, pool, "analysis")
     return 0
+
+
+def analysis_parallelism(settings: Settings, on_gpu: bool) -> tuple[int, int]:
+    """How many studies one analysis worker runs at once, and torch's intra-op threads.
+
+    On a CPU, two studies at once with half the cores each keep every core busy: one study's
+    forward pass overlaps the other's decoding, encoding and writing, which run in Python. On a
+    GPU one at a time, with every core for the host side. Settings override both.
+    """
+    cores = max(1, os.cpu_count() or 1)
+    concurrency = settings.analysis_concurrency or (1 if on_gpu or cores < 2 else 2)
+    threads = settings.torch_threads or max(1, cores // concurrency)
+    return concurrency, threads
 
 
 def _run_delivery(settings: Settings) -> int:
