@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket
 
@@ -154,7 +155,10 @@ class AssociationPool:
         ae.network_timeout = max(self.timeout, self.idle_seconds + self.timeout)  # pooled idle
         ae.connection_timeout = self.timeout
         for sop_class in RESULT_SOP_CLASSES:
-            ae.add_requested_context(sop_class, list(OFFERED_TRANSFER_SYNTAXES))
+            # One context per transfer syntax (as DCMTK's storescu does), so that a peer that
+            # takes both lets us send our Explicit VR files as they are (PS3.8 9.3.2.2).
+            for transfer_syntax in OFFERED_TRANSFER_SYNTAXES:
+                ae.add_requested_context(sop_class, [transfer_syntax])
         tls_args = None
         if destination.tls is not None:
             try:
@@ -186,22 +190,27 @@ def _release(association: Association) -> None:
         association.release()
 
 
-def store_datasets(association: Association, datasets: Iterable[Dataset]) -> int:
-    """C-STORE each data set the association accepts; return how many were stored.
+def store_files(association: Association, files: Iterable[Path]) -> int:
+    """C-STORE each Part 10 file the association accepts; return how many were stored.
 
-    Objects of a SOP class the destination did not accept are not sent: the others are, and
-    then :class:`DeliveryRejected` names what was refused.
+    A file goes out as its bytes are on disk (pynetdicom's chunked send, no decoding and no
+    re-encoding) when the peer accepted its transfer syntax; otherwise it is decoded and
+    pynetdicom converts it to one the peer accepted (an Implicit-VR-only peer). Objects of a SOP
+    class the destination did not accept are not sent: the others are, and then
+    :class:`DeliveryRejected` names what was refused.
     """
+    _config.STORE_SEND_CHUNKED_DATASET = True  # only affects sends of a path, as here
     accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
     refused: list[str] = []
     stored = 0
-    for dataset in datasets:
-        sop_class = str(dataset.SOPClassUID)
+    for path in files:
+        meta = read_file_meta_info(path)
+        sop_class = str(meta.MediaStorageSOPClassUID)
         if sop_class not in accepted:
             refused.append(sop_class)
             continue
         try:
-            answer = association.send_c_store(dataset)
+            answer = _send_c_store(association, path, sop_class, str(meta.TransferSyntaxUID))
         except RuntimeError:  # the association ended under us
             raise DestinationUnreachable("association lost before C-STORE") from None
         except ValueError:  # no accepted context fits the object's transfer syntax
@@ -221,17 +230,28 @@ def store_datasets(association: Association, datasets: Iterable[Dataset]) -> int
     return stored
 
 
+def _send_c_store(
+    association: Association, path: Path, sop_class: str, transfer_syntax: str
+) -> Dataset:
+    """Send the file as it is when its transfer syntax was accepted, else decoded."""
+    as_is = any(
+        str(context.abstract_syntax) == sop_class
+        and str(context.transfer_syntax[0]) == transfer_syntax
+        for context in association.accepted_contexts
+    )
+    return association.send_c_store(path if as_is else dcmread(path))
+
+
 def send_study(pool: AssociationPool, destination: Destination, files: list[Path]) -> int:
     """Send one study's result files to ``destination``, reusing a pooled association.
 
     A reused association the peer has meanwhile closed is replaced once by a fresh one before
     the destination counts as unreachable.
     """
-    datasets = [dcmread(path) for path in files]
     for fresh_attempt in (False, True):
         association, reused = pool.acquire(destination)
         try:
-            stored = store_datasets(association, datasets)
+            stored = store_files(association, files)
         except DestinationUnreachable:
             pool.discard(association)
             if reused and not fresh_attempt:

@@ -17,7 +17,7 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from cxr_node.destinations import Destination
-from cxr_node.dicom import status
+from cxr_node.dicom import scu, status
 from cxr_node.dicom.scu import (
     AssociationPool,
     AssociationRefused,
@@ -78,6 +78,23 @@ def test_delivers_every_file(result_files: list[Path], servers: list[Any]) -> No
     )
     servers.append(server)
     send_files(Destination(ae_title="DEST", host="127.0.0.1", port=port), result_files, "CXR")
+    assert len(received) == 2
+
+
+def test_files_go_out_as_they_are_on_disk_when_their_syntax_is_accepted(
+    result_files: list[Path], servers: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No decoding and re-encoding on the way out: the peer gets the file's own bytes."""
+
+    def no_decoding(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("the file was decoded")
+
+    monkeypatch.setattr(scu, "dcmread", no_decoding)
+    server, port, received = _scp(
+        [Comprehensive3DSRStorage, SecondaryCaptureImageStorage], status.SUCCESS
+    )
+    servers.append(server)
+    send_files(_destination(port), result_files, "CXR")
     assert len(received) == 2
 
 
