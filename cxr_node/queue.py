@@ -1,7 +1,8 @@
 """The Celery side of the edge: one task path for the embedded queue and for Redis.
 
 Without a broker URL the embedded queue is Kombu's file-system transport under
-``<data_dir>/queue`` (no server needed). It is not the durability guarantee by itself: the ledger
+``<data_dir>/queue`` (no server needed), writing each message whole
+(:mod:`cxr_node.embedded_transport`). It is not the durability guarantee by itself: the ledger
 is, and :mod:`cxr_node.assembly` re-sends any job that a crash may have lost. Task names are
 strings so that this module never imports the worker code (or torch).
 """
@@ -16,6 +17,8 @@ from cxr_node.settings import Settings
 ANALYZE_TASK = "cxr_node.analyze_study"
 DELIVER_TASK = "cxr_node.deliver_to"
 NOTICE_TASK = "cxr_node.report_not_analysed"
+EMBEDDED_TRANSPORT = "cxr_node.embedded_transport:Transport"
+"""Kombu's file-system transport, writing each message whole (see that module)."""
 ANALYSIS_QUEUE = "analysis"
 DELIVERY_QUEUE = "delivery"
 
@@ -37,6 +40,8 @@ def make_celery(settings: Settings) -> Celery:
             "polling_interval": 0.05,
         }
     app = Celery("cxr_node", broker=broker, set_as_current=True)
+    if settings.broker_url is None:
+        app.conf.broker_transport = EMBEDDED_TRANSPORT
     app.conf.update(
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
