@@ -53,8 +53,16 @@ class StudyAssembler:
         self._last_sweep = 0.0
         self._submitted: dict[str, float] = {}
         self._released: set[str] = set()
+        self._exited_roles: set[str] = set()
         self._released_lock = threading.Lock()
         self._wake = threading.Event()
+
+    def worker_exited(self, role: str) -> None:
+        """An embedded worker died (any thread): what it held is recovered on the next tick,
+        not after the usual timeouts."""
+        with self._released_lock:
+            self._exited_roles.add(role)
+        self._wake.set()
 
     def studies_complete(self, study_keys: list[str]) -> None:
         """Their senders released their associations: assemble them now (any thread)."""
@@ -123,6 +131,7 @@ class StudyAssembler:
         """Loop until ``stop`` is set; errors are logged and the loop goes on."""
         while not stop.is_set():
             try:
+                self._recover_after_worker_exits()
                 self.assemble_ready()
                 if time.monotonic() - self._last_recovery > RECOVERY_INTERVAL_SECONDS:
                     self.recover(at_start=False)
@@ -135,6 +144,24 @@ class StudyAssembler:
                 stop.wait(1.0)
             self._wake.wait(tick_seconds)
             self._wake.clear()
+
+    def _recover_after_worker_exits(self) -> None:
+        """An analysis worker's studies (and a lost job message) go back to the queue; a
+        delivery worker's destination leases are freed. Only when this process owns every
+        worker (embedded): then nobody else can be working on them."""
+        with self._released_lock:
+            roles, self._exited_roles = self._exited_roles, set()
+        if not roles or not self._owns_all_workers:
+            return
+        if roles & {"analysis", "all"}:
+            for study in self._ledger.stale_studies(queued_older_than=0.0, all_analysing=True):
+                if self._ledger.mark_queued(study.study_key, expect=study.state):
+                    log.info("re-sending study %s after a worker exit", log_ref(study.study_key))
+                    self._queue.submit_analysis(self._job(study.study_key))
+        if roles & {"delivery", "all"}:
+            self._ledger.release_all_destination_leases()
+            self._submitted.clear()
+            self.sweep()
 
     def _dispatch(self, study_key: str) -> None:
         job = self._job(study_key)

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -59,8 +60,12 @@ def write_effective_settings(settings: Settings, folder: Path, role: str) -> Pat
 class WorkerSupervisor:
     """Starts ``cxr-node worker --role ROLE`` and restarts it if it dies, until stopped."""
 
-    def __init__(self, settings: Settings, role: str) -> None:
+    def __init__(
+        self, settings: Settings, role: str, on_exit: Callable[[str], None] | None = None
+    ) -> None:
         self.role = role
+        self._on_exit = on_exit
+        """Told the role of a worker that exited unexpectedly (before it is restarted)."""
         self._config = write_effective_settings(settings, settings.data_dir / "run", role)
         self._process: subprocess.Popen[bytes] | None = None
         self._stop = threading.Event()
@@ -111,6 +116,8 @@ class WorkerSupervisor:
                     self._process.wait()
                     return
                 log.error("%s worker exited with %s", self.role, self._process.returncode)
+                if self._on_exit is not None:
+                    self._on_exit(self.role)
             log.info("restarting the %s worker in %.0f s", self.role, backoff)
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 60.0)

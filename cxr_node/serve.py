@@ -37,11 +37,6 @@ def serve(settings: Settings) -> None:
     if require_known is None:
         require_known = not demo_mode(settings.models_path)
 
-    supervisors = (
-        [WorkerSupervisor(settings, role) for role in ("analysis", "delivery")]
-        if settings.embedded_queue
-        else []
-    )
     assembler = StudyAssembler(
         ledger,
         queue,
@@ -49,6 +44,14 @@ def serve(settings: Settings) -> None:
         owns_all_workers=settings.embedded_queue,
         not_analysed_report=settings.not_analysed_report,
         housekeeping=lambda: _remove_partial_files(spool),
+    )
+    supervisors = (
+        [
+            WorkerSupervisor(settings, role, on_exit=assembler.worker_exited)
+            for role in ("analysis", "delivery")
+        ]
+        if settings.embedded_queue
+        else []
     )
     assembler.recover(at_start=True)  # before the workers start: it frees their old leases
     for supervisor in supervisors:

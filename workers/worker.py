@@ -1,8 +1,9 @@
 """``cxr-node worker``: Celery workers for analysis (models warm) and for delivery.
 
-The roles are separate processes: analysis runs one study at a time on the models (``solo``
-pool), delivery serves several destinations at once (``threads`` pool) and never imports
-torch, so a slow or dead destination never holds up an analysis. ``--role all`` (the default)
+The roles are separate processes: analysis runs ``analysis_concurrency`` studies at once on
+warm models (``solo`` pool for one, ``threads`` for more: the forward passes release the GIL),
+delivery serves several destinations at once (``threads`` pool) and never imports torch, so a
+slow or dead destination never holds up an analysis. ``--role all`` (the default)
 runs the analysis worker here and supervises a delivery worker beside it.
 """
 

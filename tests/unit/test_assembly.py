@@ -13,6 +13,7 @@ from cxr_node.ledger import Ledger, StudyState
 from tests.unit.test_ledger import record, state
 
 STUDY = "1.2.826.0.1.3680043.8.498.7"
+OTHER = "1.2.826.0.1.3680043.8.498.8"
 
 
 class RecordingQueue:
@@ -68,4 +69,35 @@ def test_a_released_study_with_nothing_to_analyse_gets_one_notice(ledger: Ledger
     assert assembly.assemble_ready() == 0
     assert state(ledger, STUDY) is StudyState.NOT_ELIGIBLE
     assert queue.notices == [STUDY]
+    assert queue.analyses == []
+
+
+def test_a_dead_analysis_worker_s_studies_are_sent_again_at_once(ledger: Ledger) -> None:
+    """Embedded mode: the worker that died held them; nobody else can (its message may be
+    lost too, as when the file-system queue handed it a partial message)."""
+    queue = RecordingQueue()
+    record(ledger, STUDY)
+    record(ledger, OTHER)
+    assembly = assembler(ledger, queue)
+    assembly.studies_complete([STUDY, OTHER])
+    assembly.assemble_ready()
+    assert ledger.claim(STUDY, lease_seconds=600) is not None  # ANALYSING, lease far off
+    queue.analyses.clear()
+    assembly.worker_exited("analysis")
+    assembly._recover_after_worker_exits()
+    assert sorted(queue.analyses) == sorted([STUDY, OTHER])
+    assert state(ledger, STUDY) is StudyState.QUEUED
+    assembly._recover_after_worker_exits()  # once per exit
+    assert len(queue.analyses) == 2
+
+
+def test_with_an_external_broker_a_worker_exit_changes_nothing(ledger: Ledger) -> None:
+    queue = RecordingQueue()
+    record(ledger, STUDY)
+    assembly = StudyAssembler(ledger, queue, quiet_seconds=3600.0, owns_all_workers=False)  # type: ignore[arg-type]
+    assembly.studies_complete([STUDY])
+    assembly.assemble_ready()
+    queue.analyses.clear()
+    assembly.worker_exited("analysis")
+    assembly._recover_after_worker_exits()
     assert queue.analyses == []
