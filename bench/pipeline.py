@@ -257,6 +257,7 @@ def main() -> int:
         return 0
     corpus = Path(os.environ.get("CXR_CORPUS", "../shared/cxr-corpus")).resolve()
     temp = tempfile.mkdtemp(prefix="cxr-bench-")
+    failed = True
     try:
         work = Path(temp)
         models = work / "models-root"
@@ -309,8 +310,9 @@ def main() -> int:
                 + ", ".join(f"{k} {1000 * v / args.throughput:.0f} ms" for k, v in cpu.items())
                 + f" (of {1000 * total * (os.cpu_count() or 1) / args.throughput:.0f} core-ms)"
             )
+        failed = False
     finally:
-        if args.keep_work:
+        if args.keep_work or failed:
             print(f"work folder kept: {temp}")
         else:
             shutil.rmtree(temp, ignore_errors=True)
