@@ -54,26 +54,26 @@ class StudyAssembler:
         self._submitted: dict[str, float] = {}
         self._released: set[str] = set()
         self._exited_roles: set[str] = set()
-        self._released_lock = threading.Lock()
+        self._signals_lock = threading.Lock()  # guards _released and _exited_roles
         self._wake = threading.Event()
 
     def worker_exited(self, role: str) -> None:
         """An embedded worker died (any thread): what it held is recovered on the next tick,
         not after the usual timeouts."""
-        with self._released_lock:
+        with self._signals_lock:
             self._exited_roles.add(role)
         self._wake.set()
 
     def studies_complete(self, study_keys: list[str]) -> None:
         """Their senders released their associations: assemble them now (any thread)."""
-        with self._released_lock:
+        with self._signals_lock:
             self._released.update(study_keys)
         self._wake.set()
 
     def assemble_ready(self) -> int:
         """Enqueue (or refuse with a reason) every study that is complete or has gone quiet;
         return how many."""
-        with self._released_lock:
+        with self._signals_lock:
             released, self._released = self._released, set()
         ready = [key for key in sorted(released) if self._ledger.is_receiving(key)]
         ready += [
@@ -91,17 +91,12 @@ class StudyAssembler:
         Studies being analysed are re-sent at start only when this process owns every worker
         (the embedded queue: its worker died with it); otherwise only when their lease expired.
         """
-        for study in self._ledger.stale_studies(
+        self._resend_studies(
             queued_older_than=0.0 if at_start else RESEND_QUEUED_AFTER_SECONDS,
             all_analysing=at_start and self._owns_all_workers,
-        ):
-            if not self._ledger.mark_queued(study.study_key, expect=study.state):
-                continue  # a worker finished or took it meanwhile
-            log.info("re-sending study %s (was %s)", log_ref(study.study_key), study.state)
-            self._queue.submit_analysis(self._job(study.study_key))
+        )
         if at_start and self._owns_all_workers:
-            self._ledger.release_all_destination_leases()
-            self._submitted.clear()
+            self._free_destination_leases()
         if self._housekeeping is not None:
             self._housekeeping()
         self._last_recovery = time.monotonic()
@@ -149,19 +144,30 @@ class StudyAssembler:
         """An analysis worker's studies (and a lost job message) go back to the queue; a
         delivery worker's destination leases are freed. Only when this process owns every
         worker (embedded): then nobody else can be working on them."""
-        with self._released_lock:
+        with self._signals_lock:
             roles, self._exited_roles = self._exited_roles, set()
         if not roles or not self._owns_all_workers:
             return
         if roles & {"analysis", "all"}:
-            for study in self._ledger.stale_studies(queued_older_than=0.0, all_analysing=True):
-                if self._ledger.mark_queued(study.study_key, expect=study.state):
-                    log.info("re-sending study %s after a worker exit", log_ref(study.study_key))
-                    self._queue.submit_analysis(self._job(study.study_key))
+            self._resend_studies(queued_older_than=0.0, all_analysing=True)
         if roles & {"delivery", "all"}:
-            self._ledger.release_all_destination_leases()
-            self._submitted.clear()
+            self._free_destination_leases()
             self.sweep()
+
+    def _resend_studies(self, *, queued_older_than: float, all_analysing: bool) -> None:
+        """Put studies whose job may be lost back on the queue (see Ledger.stale_studies)."""
+        for study in self._ledger.stale_studies(
+            queued_older_than=queued_older_than, all_analysing=all_analysing
+        ):
+            if not self._ledger.mark_queued(study.study_key, expect=study.state):
+                continue  # a worker finished or took it meanwhile
+            log.info("re-sending study %s (was %s)", log_ref(study.study_key), study.state)
+            self._queue.submit_analysis(self._job(study.study_key))
+
+    def _free_destination_leases(self) -> None:
+        """No delivery worker is alive to hold them (embedded mode)."""
+        self._ledger.release_all_destination_leases()
+        self._submitted.clear()
 
     def _dispatch(self, study_key: str) -> None:
         job = self._job(study_key)
