@@ -221,40 +221,35 @@ class Bench:
             os.sync()  # flush what was written now, not during the next receiver's run
 
     def run_dcmtk(self) -> Run:
-        out, port = self.work / "dcmtk-out", free_port()
-        out.mkdir()
-        scp = self.spawn(
-            [STORESCP, "-aet", "DEST", "-od", str(out), str(port)], self.work / "dcmtk.log"
+        return self.run_reference(
+            "dcmtk", lambda out, port: [STORESCP, "-aet", "DEST", "-od", out, port]
         )
-        try:
-            seconds, idle, peak, after = self.transfer(scp, port, "DEST")
-            stop(scp)
-            return Run("dcmtk", seconds, count_files(out), idle, peak, after)
-        finally:
-            self.stop_all()
-            shutil.rmtree(out, ignore_errors=True)
 
     def run_pynetdicom(self) -> Run:
-        out, port = self.work / "pynetdicom-out", free_port()
-        out.mkdir()
-        scp = self.spawn(
-            [
+        return self.run_reference(
+            "pynetdicom",
+            lambda out, port: [
                 sys.executable,
                 "-m",
                 "pynetdicom",
                 "storescp",
-                str(port),
+                port,
                 "-aet",
                 "DEST",
                 "-od",
-                str(out),
+                out,
             ],
-            self.work / "pynetdicom.log",
         )
+
+    def run_reference(self, name: str, command: Callable[[str, str], list[str]]) -> Run:
+        """A reference ``storescp`` writing into its own folder (emptied afterwards)."""
+        out, port = self.work / f"{name}-out", free_port()
+        out.mkdir()
+        scp = self.spawn(command(str(out), str(port)), self.work / f"{name}.log")
         try:
             seconds, idle, peak, after = self.transfer(scp, port, "DEST")
             stop(scp)
-            return Run("pynetdicom", seconds, count_files(out), idle, peak, after)
+            return Run(name, seconds, count_files(out), idle, peak, after)
         finally:
             self.stop_all()
             shutil.rmtree(out, ignore_errors=True)
