@@ -14,16 +14,31 @@ DESTINATION ?=
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl
 SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl
 
-.PHONY: install run demo-model system-deps lint typecheck test bench clean
+LOCK := requirements.lock
+PIP := $(BIN)/pip --quiet --disable-pip-version-check
+
+.PHONY: install lock run demo-model system-deps lint typecheck test bench clean
 
 install: $(STAMP)
 
-# torch first, pinned: otherwise a dependency pulls the multi-GB CUDA build.
-$(STAMP): pyproject.toml constraints.txt
+# Exactly the versions in $(LOCK) (all of ".[worker,test,postgres]", made by `make lock`).
+# torch first, the CPU build: the lock pins torch==2.13.0+cpu, which pip finds on this disk
+# (elsewhere: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu make install), so a
+# dependency can never pull the multi-GB CUDA build. Then the project itself, without deps,
+# and a check that the lock still covers what pyproject.toml asks for.
+$(STAMP): pyproject.toml constraints.txt $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[worker,test]"
+	$(PIP) install -c $(LOCK) "torch==2.13.0"
+	$(PIP) install -r $(LOCK)
+	$(PIP) install --no-deps --no-build-isolation -e .
+	$(BIN)/pip check --disable-pip-version-check
+	$(BIN)/python .ci/check_lock.py worker test postgres
 	@touch $(STAMP)
+
+# Re-resolve $(LOCK) from pyproject.toml and constraints.txt (network; about 30 s).
+# make lock LOCK_ARGS=--upgrade   newest allowed releases;   LOCK_ARGS="-P NAME"   one package.
+lock:
+	PYTHON="$(PYTHON)" LOCK="$(LOCK)" LOCK_ARGS="$(LOCK_ARGS)" bash .ci/lock
 
 demo-model: install
 	@$(BIN)/cxr-node models init-demo --if-none --data-dir $(DATA_DIR)
