@@ -8,6 +8,12 @@ study atomically, a delivery task leases its destination, a notice is recorded o
 re-sending after a crash never loses or duplicates results. Delivery retries are scheduled in
 the ledger; the sweep here wakes a destination whose retry time has come even when the
 queue's own delayed message died with a worker.
+
+What is overdue is the ledger's call, every few seconds (:meth:`Ledger.overdue_studies`): a claim
+whose worker stopped renewing it (30 s), a job taken from the queue by a worker that went
+silent, a job the queue no longer holds (the analysis queue is empty but the study still waits:
+a broker restarted without persistence). A broker that is down costs nothing but time: jobs
+wait in the ledger and go out when it is back.
 """
 
 from __future__ import annotations
@@ -18,17 +24,21 @@ import time
 from collections.abc import Callable
 
 from cxr_node.jobs import InferenceJob
-from cxr_node.ledger import Ledger, StudyState
-from cxr_node.logs import describe_exception
+from cxr_node.ledger import Ledger, StudyRow, StudyState
 from cxr_node.queue import JobQueue
 from cxr_node.spool import log_ref
 
 log = logging.getLogger(__name__)
 
 RESEND_QUEUED_AFTER_SECONDS = 300.0
-RECOVERY_INTERVAL_SECONDS = 30.0
+"""The last resort: a job queued this long is sent again whatever the broker says."""
+RECOVERY_INTERVAL_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 5.0
 RESUBMIT_AFTER_SECONDS = 30.0
+LOST_JOB_GRACE_SECONDS = 10.0
+"""A queued job the broker does not hold is lost after this long (publishing takes less)."""
+WORKER_SILENT_SECONDS = 20.0
+"""A worker whose heartbeat (every 5 s) is this old is gone."""
 
 
 class StudyAssembler:
@@ -86,17 +96,16 @@ class StudyAssembler:
         return len(ready)
 
     def recover(self, *, at_start: bool) -> None:
-        """Re-send jobs that may be lost: at start every unfinished one, later only stale ones.
+        """Re-send jobs that are lost (see the module's docstring).
 
-        Studies being analysed are re-sent at start only when this process owns every worker
-        (the embedded queue: its worker died with it); otherwise only when their lease expired.
+        At start, when this process owns every worker (the embedded queue: its workers died
+        with it), every unfinished job is re-sent and every destination lease freed.
         """
-        self._resend_studies(
-            queued_older_than=0.0 if at_start else RESEND_QUEUED_AFTER_SECONDS,
-            all_analysing=at_start and self._owns_all_workers,
-        )
         if at_start and self._owns_all_workers:
+            self._resend_studies(queued_older_than=0.0, all_analysing=True)
             self._free_destination_leases()
+        else:
+            self._resend_overdue()
         if self._housekeeping is not None:
             self._housekeeping()
         self._last_recovery = time.monotonic()
@@ -111,16 +120,18 @@ class StudyAssembler:
         self._submitted = {
             k: t for k, t in self._submitted.items() if now - t < RESUBMIT_AFTER_SECONDS
         }
+        self._last_sweep = now
         for name in self._ledger.destinations_due():
             if f"deliver:{name}" not in self._submitted:
+                if not self._queue.submit_delivery(name):
+                    return  # the broker is down: try again next sweep
                 self._submitted[f"deliver:{name}"] = now
-                self._queue.submit_delivery(name)
         if self._not_analysed_report:
             for study_key in self._ledger.studies_needing_notice():
                 if f"notice:{study_key}" not in self._submitted:
+                    if not self._queue.submit_notice(study_key):
+                        return
                     self._submitted[f"notice:{study_key}"] = now
-                    self._queue.submit_notice(study_key)
-        self._last_sweep = now
 
     def run(self, stop: threading.Event, tick_seconds: float = 0.1) -> None:
         """Loop until ``stop`` is set; errors are logged and the loop goes on."""
@@ -132,10 +143,8 @@ class StudyAssembler:
                     self.recover(at_start=False)
                 elif time.monotonic() - self._last_sweep > SWEEP_INTERVAL_SECONDS:
                     self.sweep()
-            except Exception as exc:
-                log.error(
-                    "study assembly failed this round (%s); retrying", describe_exception(exc)
-                )
+            except Exception:
+                log.exception("study assembly failed this round; retrying")
                 stop.wait(1.0)
             self._wake.wait(tick_seconds)
             self._wake.clear()
@@ -156,13 +165,42 @@ class StudyAssembler:
 
     def _resend_studies(self, *, queued_older_than: float, all_analysing: bool) -> None:
         """Put studies whose job may be lost back on the queue (see Ledger.stale_studies)."""
-        for study in self._ledger.stale_studies(
-            queued_older_than=queued_older_than, all_analysing=all_analysing
-        ):
+        self._resend(
+            self._ledger.stale_studies(
+                queued_older_than=queued_older_than, all_analysing=all_analysing
+            )
+        )
+
+    def _resend_overdue(self) -> None:
+        """Jobs the ledger knows are lost, and (last resort) any queued for very long."""
+        overdue = self._ledger.overdue_studies(
+            queue_empty=True,
+            grace_seconds=LOST_JOB_GRACE_SECONDS,
+            worker_silent_seconds=WORKER_SILENT_SECONDS,
+        )
+        waiting = {
+            s.study_key for s in overdue if s.state is StudyState.QUEUED and s.reserved_by is None
+        }
+        if waiting and self._queue.analysis_backlog() != 0:
+            # the broker still holds jobs (or cannot say): they are not lost yet
+            overdue = [s for s in overdue if s.study_key not in waiting]
+        seen = {s.study_key for s in overdue}
+        overdue += [
+            s
+            for s in self._ledger.stale_studies(
+                queued_older_than=RESEND_QUEUED_AFTER_SECONDS, all_analysing=False
+            )
+            if s.study_key not in seen
+        ]
+        self._resend(overdue)
+
+    def _resend(self, studies: list[StudyRow]) -> None:
+        for study in studies:
             if not self._ledger.mark_queued(study.study_key, expect=study.state):
                 continue  # a worker finished or took it meanwhile
             log.info("re-sending study %s (was %s)", log_ref(study.study_key), study.state)
-            self._queue.submit_analysis(self._job(study.study_key))
+            if not self._queue.submit_analysis(self._job(study.study_key)):
+                return  # the broker is down: the rest wait in the ledger for the next round
 
     def _free_destination_leases(self) -> None:
         """No delivery worker is alive to hold them (embedded mode)."""
@@ -177,14 +215,18 @@ class StudyAssembler:
             texts = sorted({i.reason or "" for i in refused})
             self._ledger.mark_not_eligible(study_key, ",".join(reasons), "; ".join(texts))
             log.info("study %s not analysed: %s", log_ref(study_key), ",".join(reasons))
-            if self._not_analysed_report:
+            if self._not_analysed_report and self._queue.submit_notice(study_key):
                 self._submitted[f"notice:{study_key}"] = time.monotonic()
-                self._queue.submit_notice(study_key)
             return
         if not self._ledger.mark_queued(study_key, expect=StudyState.RECEIVED):
             return
-        self._queue.submit_analysis(job)
-        log.info("study %s queued with %d image(s)", log_ref(study_key), len(job.instance_paths))
+        sent = self._queue.submit_analysis(job)
+        log.info(
+            "study %s queued with %d image(s)%s",
+            log_ref(study_key),
+            len(job.instance_paths),
+            "" if sent else " (in the ledger until the broker is back)",
+        )
 
     def _job(self, study_key: str) -> InferenceJob:
         study = self._ledger.study(study_key)

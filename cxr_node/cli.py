@@ -1,4 +1,5 @@
-"""The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status."""
+"""The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status |
+reprocess | purge | db | aet."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cxr_node.errors import ConfigurationError, CxrNodeError
+from cxr_node.ledger.engine import LedgerUnavailable
 from cxr_node.logs import configure_logging
 from cxr_node.settings import Settings, load_settings
 
@@ -102,10 +104,24 @@ def _parser() -> argparse.ArgumentParser:
     _common(status)
     status.add_argument("study_uid", metavar="STUDY_UID")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--patient", action="store_true", help="also show patient and study attributes"
+    )
 
     reprocess = commands.add_parser("reprocess", help="analyse a study again and resend results")
     _common(reprocess)
     reprocess.add_argument("study_uid", metavar="STUDY_UID")
+
+    purge = commands.add_parser(
+        "purge", help="delete finished studies' spooled files by the retention policy"
+    )
+    _common(purge)
+    purge.add_argument("--dry-run", action="store_true", help="only say what would go")
+
+    db = commands.add_parser("db", help="the ledger's database")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_upgrade = db_commands.add_parser("upgrade", help="migrate the ledger to this release")
+    _common(db_upgrade)
 
     aet = commands.add_parser("aet", help="known sources (calling AE titles) and their routes")
     aet_commands = aet.add_subparsers(dest="aet_command", required=True)
@@ -160,6 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     try:
         return _dispatch(args, settings)
+    except LedgerUnavailable as exc:
+        print(f"cxr-node: {exc}", file=sys.stderr)
+        return 2
     except CxrNodeError as exc:
         print(f"cxr-node: {exc}", file=sys.stderr)
         return 1
@@ -219,11 +238,19 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "status":
         from cxr_node.reports import print_status
 
-        return print_status(settings, args.study_uid, as_json=args.json)
+        return print_status(settings, args.study_uid, as_json=args.json, patient=args.patient)
     if args.command == "reprocess":
         from cxr_node.reports import request_reprocess
 
         return request_reprocess(settings, args.study_uid)
+    if args.command == "purge":
+        from cxr_node.reports import run_purge
+
+        return run_purge(settings, dry_run=args.dry_run)
+    if args.command == "db":
+        from cxr_node.reports import run_db_upgrade
+
+        return run_db_upgrade(settings)
     if args.command == "aet":
         from cxr_node.sources_cli import run_aet
 

@@ -1,18 +1,21 @@
-"""What the ledger knows, for people and scripts: ``cxr-node studies`` and ``cxr-node status``.
+"""What the ledger knows, for people and scripts: ``cxr-node studies``, ``status``, ``purge``
+and ``db upgrade``.
 
-Study keys and UIDs are shown; patient names, IDs, birth dates and accession numbers are not in
-the ledger at all.
+Study keys and UIDs are shown; patient and study attributes (names, IDs, birth dates, accession
+numbers) are kept in their own table and shown only when asked for (``status --patient``).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from cxr_node.ledger import Ledger, StudyRow
+from cxr_node.ledger.engine import head_revision, masked
 from cxr_node.settings import Settings
-from cxr_node.spool import safe_key
+from cxr_node.spool import Spool, safe_key
 
 
 def _when(epoch: float | None) -> str | None:
@@ -32,8 +35,17 @@ def study_summary(ledger: Ledger, row: StudyRow) -> dict[str, Any]:
         "calling_ae": row.calling_ae,
         "received_at": _when(row.created_at),
         "last_received_at": _when(row.last_received_at),
+        "queued_at": _when(row.queued_at),
+        "analysed_at": _when(row.analysed_at),
+        "delivered_at": _when(row.delivered_at),
+        "finished_at": _when(row.finished_at),
+        "purged_at": _when(row.purged_at),
         "updated_at": _when(row.updated_at),
         "analysis_attempts": row.attempts,
+        "abnormality_score": row.abnormality_score,
+        "priority": row.priority,
+        "model": row.model,
+        "findings": [asdict(f) for f in ledger.findings_of(row.study_key)],
         "deliveries": {
             name: {
                 "state": d.state.value,
@@ -63,8 +75,11 @@ def print_studies(settings: Settings, last: int, *, as_json: bool) -> int:
         ledger.close()
 
 
-def print_status(settings: Settings, study_uid: str, *, as_json: bool) -> int:
-    """Everything about one study; exit code 1 when the ledger does not know it."""
+def print_status(
+    settings: Settings, study_uid: str, *, as_json: bool, patient: bool = False
+) -> int:
+    """Everything about one study; exit code 1 when the ledger does not know it. With
+    ``patient``, its patient and study attributes too."""
     ledger = Ledger(settings.ledger)
     try:
         key = safe_key(study_uid.strip())
@@ -86,6 +101,9 @@ def print_status(settings: Settings, study_uid: str, *, as_json: bool) -> int:
         summary["results"] = [
             {"sop_instance_uid": r.sop_instance_uid, "kind": r.kind} for r in ledger.results_of(key)
         ]
+        if patient:
+            attributes = ledger.attributes_of(key)
+            summary["attributes"] = asdict(attributes) if attributes else None
         summary["history"] = [
             {"at": _when(at), "state": state, "detail": detail}
             for at, state, detail in ledger.events_of(key)
@@ -106,6 +124,24 @@ def _print_text(summary: dict[str, Any]) -> None:
         f"  from {summary['calling_ae']}, received {summary['received_at']}, "
         f"updated {summary['updated_at']}"
     )
+    if summary["priority"] is not None:
+        model = summary["model"] or {}
+        demo = " (DEMO model: not trained, no clinical meaning)" if model.get("demo") else ""
+        print(
+            f"  priority {summary['priority']}, abnormality score "
+            f"{summary['abnormality_score']:.3f}, model {model.get('name')} "
+            f"{model.get('version')}{demo}"
+        )
+    for finding in summary["findings"]:
+        verdict = "present" if finding["present"] else "absent"
+        print(
+            f"  finding {finding['label']}: {finding['probability']:.3f} "
+            f"(threshold {finding['threshold']:.3f}) {verdict}"
+        )
+    if summary.get("attributes"):
+        for name, value in summary["attributes"].items():
+            if value:
+                print(f"  {name.replace('_', ' ')}: {value}")
     for item in summary["instances"]:
         verdict = "analysed" if item["eligible"] else f"not analysed: {item['reason_code']}"
         print(f"  image {item['sop_instance_uid']}  {verdict}")
@@ -134,3 +170,30 @@ def request_reprocess(settings: Settings, study_uid: str) -> int:
         return 0
     finally:
         ledger.close()
+
+
+def run_purge(settings: Settings, *, dry_run: bool) -> int:
+    """``cxr-node purge``: apply spool retention now (or say what it would delete)."""
+    from cxr_node.retention import Purger
+
+    ledger = Ledger(settings.ledger)
+    try:
+        report = Purger(settings, ledger, Spool(settings.spool_path)).purge(dry_run=dry_run)
+    finally:
+        ledger.close()
+    verb = "would purge" if dry_run else "purged"
+    for study in report.studies:
+        print(
+            f"{verb} {study.study_uid}  finished {_when(study.finished_at)}  "
+            f"{study.files} file(s)  {study.bytes} bytes  ({study.why})"
+        )
+    print(f"{verb} {len(report.studies)} stud(ies), {report.bytes} bytes")
+    return 0
+
+
+def run_db_upgrade(settings: Settings) -> int:
+    """``cxr-node db upgrade``: migrate the ledger (under the migration lock) to this release."""
+    ledger = Ledger(settings.ledger)  # opening it upgrades it
+    ledger.close()
+    print(f"ledger {masked(settings.ledger)} is at schema {head_revision()}")
+    return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from types import FrameType
 
 from cxr_node.assembly import StudyAssembler
@@ -16,6 +17,7 @@ from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.embedded import WorkerSupervisor
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
+from cxr_node.retention import PURGE_INTERVAL_SECONDS, Purger
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
 
@@ -37,13 +39,16 @@ def serve(settings: Settings) -> None:
     if require_known is None:
         require_known = not demo_mode(settings.models_path)
 
+    housekeeping = Housekeeping(
+        spool, Purger(settings, ledger, spool), settings.spool_retention_hours
+    )
     assembler = StudyAssembler(
         ledger,
         queue,
         settings.study_quiet_seconds,
         owns_all_workers=settings.embedded_queue,
         not_analysed_report=settings.not_analysed_report,
-        housekeeping=lambda: _remove_partial_files(spool),
+        housekeeping=housekeeping.run,
     )
     supervisors = (
         [
@@ -109,7 +114,35 @@ PARTIAL_FILES_KEPT_SECONDS = 3600.0
 """A temp file this old in the spool is left by an aborted association or a crashed writer."""
 
 
-def _remove_partial_files(spool: Spool) -> None:
-    removed = spool.remove_stale_partials(PARTIAL_FILES_KEPT_SECONDS)
-    if removed:
-        log.info("removed %d partial file(s) left by interrupted transfers", removed)
+class Housekeeping:
+    """Partial files left by interrupted transfers, and spool retention, once a minute."""
+
+    def __init__(self, spool: Spool, purger: Purger, retention_hours: float) -> None:
+        self._spool = spool
+        self._purger = purger
+        self._last = 0.0
+        retention = retention_hours * 3600.0
+        self._interval = (
+            PURGE_INTERVAL_SECONDS
+            if retention <= 0
+            else max(1.0, min(PURGE_INTERVAL_SECONDS, retention / 2))
+        )
+
+    def run(self) -> None:
+        """Called by the assembler's recovery round; does the work at most once a minute (or
+        twice per retention period, when that is shorter)."""
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        removed = self._spool.remove_stale_partials(PARTIAL_FILES_KEPT_SECONDS)
+        if removed:
+            log.info("removed %d partial file(s) left by interrupted transfers", removed)
+        report = self._purger.purge()
+        if report.studies:
+            log.info(
+                "spool retention: purged %d finished stud%s, %d bytes",
+                len(report.studies),
+                "y" if len(report.studies) == 1 else "ies",
+                report.bytes,
+            )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -121,6 +121,11 @@ class Settings(BaseSettings):
     )
     spool_min_free_bytes: int = Field(
         default=512 * 1024 * 1024, ge=0, description="below this free space: Out of Resources"
+    )
+    spool_retention_hours: float = Field(
+        default=168.0,
+        ge=0.0,
+        description="delete a finished study's files this long after it finished; 0 keeps all",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -246,6 +251,29 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return loaded
 
 
+def _model_at(path: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The model that holds the keys at ``path`` (list indices skipped), or None."""
+    model: type[BaseModel] | None = Settings
+    for part in path:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _nested_model(field.annotation) if field is not None else None
+    return model
+
+
+def _nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``list[X]``, ``X | None`` or
+    ``Annotated[list[X], ...]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        found = _nested_model(argument)
+        if found is not None:
+            return found
+    return None
+
+
 def _describe(exc: ValidationError) -> str:
     """One line per bad key: which key, what was wrong, what is allowed."""
     lines = []
@@ -253,6 +281,8 @@ def _describe(exc: ValidationError) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            message = f"unknown key; allowed keys: {', '.join(sorted(Settings.model_fields))}"
+            level = _model_at(error["loc"][:-1])
+            allowed = ", ".join(sorted(level.model_fields)) if level else "(none)"
+            message = f"unknown key; allowed keys here: {allowed}"
         lines.append(f"configuration key '{key}': {message}")
     return "; ".join(lines)

@@ -155,3 +155,23 @@ def wait_until(predicate: object, timeout: float, interval: float = 0.2) -> bool
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A ledger database URL: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+        return
+    from tests.databases import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        yield url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say loudly when the PostgreSQL variants could not run."""
+    from tests.databases import postgres_problem
+
+    if postgres_problem.cache_info().currsize and postgres_problem():
+        terminalreporter.write_sep("!", str(postgres_problem()), red=True, bold=True)

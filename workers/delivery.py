@@ -22,6 +22,7 @@ from cxr_node.dicom.scu import (
     DestinationUnreachable,
     send_study,
 )
+from cxr_node.heartbeat import Heartbeat
 from cxr_node.ledger import DeliveryRow, DeliveryState
 from cxr_node.logs import describe_exception
 from cxr_node.queue import DELIVER_TASK
@@ -39,10 +40,14 @@ def backoff_seconds(failures: int, initial: float, ceiling: float) -> float:
     return float(min(initial * 2**exponent, ceiling))
 
 
+DESTINATION_LEASE_SECONDS = 30.0
+"""A destination's lease lasts this long unless its holder's heartbeat (every third of it)
+renews it: a killed delivery worker's destination is taken over within it."""
+
+
 def lease_seconds(ctx: WorkerContext) -> float:
-    """Long enough for one study's attempt with a margin: an association (maybe twice, after a
-    stale one), a C-STORE per result object, a release; renewed before each study."""
-    return 10 * ctx.settings.delivery_timeout_seconds + 30.0
+    """How long a destination lease lasts without a heartbeat."""
+    return DESTINATION_LEASE_SECONDS
 
 
 @shared_task(name=DELIVER_TASK, acks_late=True)
@@ -53,11 +58,17 @@ def deliver_to(destination_name: str) -> None:
     token = ctx.ledger.acquire_destination(destination_name, lease_seconds(ctx))
     if token is None:
         return  # another task is delivering to it and will see our studies
+    heartbeat = Heartbeat(
+        f"destination-{destination_name}",
+        lease_seconds(ctx) / 3,
+        lambda: ctx.ledger.renew_destination(destination_name, token, lease_seconds(ctx)),
+    )
     try:
-        if destination is None:
-            _unconfigured(ctx, destination_name)
-        else:
-            _drain(ctx, destination, token)
+        with heartbeat:
+            if destination is None:
+                _unconfigured(ctx, destination_name)
+            else:
+                _drain(ctx, destination, token)
     finally:
         ctx.ledger.release_destination(destination_name, token)
     next_at = ctx.ledger.next_delivery_at(destination_name)

@@ -29,6 +29,8 @@ class WorkerContext:
     queue: JobQueue
     analyzer_instance: Analyzer | None = None
     pool_instance: AssociationPool | None = None
+    worker_id: str | None = None
+    """This worker's name in the ledger's ``workers`` table (its Celery hostname)."""
 
     @property
     def analyzer(self) -> Analyzer:
@@ -54,6 +56,7 @@ def configure(
     *,
     analyzer: Analyzer | None = None,
     pool: AssociationPool | None = None,
+    worker_id: str | None = None,
 ) -> WorkerContext:
     """Build this process's context once, at worker start."""
     global _context
@@ -64,6 +67,7 @@ def configure(
         queue=queue,
         analyzer_instance=analyzer,
         pool_instance=pool,
+        worker_id=worker_id,
     )
     return _context
 

@@ -9,6 +9,7 @@ values).
 from __future__ import annotations
 
 import logging
+import traceback
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,7 +17,8 @@ from celery import Task, shared_task
 from pydicom import dcmread
 
 from cxr_node.errors import RejectedInput, TransientError
-from cxr_node.jobs import InferenceJob
+from cxr_node.heartbeat import Heartbeat
+from cxr_node.jobs import ImageAnalysis, InferenceJob
 from cxr_node.ledger import ResultRow
 from cxr_node.logs import describe_exception
 from cxr_node.queue import ANALYZE_TASK
@@ -26,7 +28,9 @@ from workers.runtime import WorkerContext, context
 
 log = logging.getLogger(__name__)
 
-ANALYSIS_LEASE_SECONDS = 600.0
+ANALYSIS_LEASE_SECONDS = 30.0
+"""An analysis claim lasts this long unless its heartbeat renews it (every third of it): a
+killed worker's study is taken over within it, a long analysis never while its worker lives."""
 MAX_ANALYSIS_ATTEMPTS = 3
 TRANSIENT_ANALYSIS_RETRY_SECONDS = 30.0
 
@@ -44,12 +48,26 @@ def analyze_study(self: Task, job_payload: dict[str, Any]) -> None:
     job = InferenceJob.model_validate(job_payload)
     ctx = context()
     ref = log_ref(job.study_key)
-    token = ctx.ledger.claim(job.study_key, ANALYSIS_LEASE_SECONDS, MAX_ANALYSIS_ATTEMPTS)
+    token = ctx.ledger.claim(
+        job.study_key, ANALYSIS_LEASE_SECONDS, MAX_ANALYSIS_ATTEMPTS, worker_id=ctx.worker_id
+    )
     if token is None:
         log.info("study %s already taken, done or out of attempts; skipping this job", ref)
         return
+    heartbeat = Heartbeat(
+        f"claim-{ref}",
+        ANALYSIS_LEASE_SECONDS / 3,
+        lambda: ctx.ledger.renew_claim(job.study_key, token, ANALYSIS_LEASE_SECONDS),
+    )
+    with heartbeat:
+        _analyse_claimed(ctx, job, token)
+
+
+def _analyse_claimed(ctx: WorkerContext, job: InferenceJob, token: int) -> None:
+    """Analyse a study this worker holds the claim of, and record the outcome."""
+    ref = log_ref(job.study_key)
     try:
-        produced, refusals = _analyse_study(ctx, job.study_key)
+        produced, analyses, refusals = _analyse_study(ctx, job.study_key)
     except TRANSIENT_ANALYSIS_ERRORS as exc:
         log.warning(
             "study %s: transient %s; retrying in %.0f s",
@@ -63,7 +81,13 @@ def analyze_study(self: Task, job_payload: dict[str, Any]) -> None:
     except Exception as exc:
         if ctx.ledger.mark_failed(job.study_key, "INTERNAL_ERROR", type(exc).__name__, token):
             _ask_for_notice(ctx, job.study_key)
-        log.error("study %s failed with an internal error: %s", ref, describe_exception(exc))
+        # the traceback's frames, not its message (which may quote header values)
+        log.error(
+            "study %s failed with an internal error: %s\n%s",
+            ref,
+            describe_exception(exc),
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
         return
     if not produced:
         first = refusals[0] if refusals else RejectedInput("NO_IMAGES", "no image to analyse")
@@ -71,7 +95,9 @@ def analyze_study(self: Task, job_payload: dict[str, Any]) -> None:
             _ask_for_notice(ctx, job.study_key)
         log.info("study %s failed: %s", ref, first.reason_code)
         return
-    if not ctx.ledger.record_results(job.study_key, produced, job.destinations, token):
+    if not ctx.ledger.record_results(
+        job.study_key, produced, job.destinations, token, analyses=analyses
+    ):
         log.warning("study %s: lease lost to another worker; results not recorded", ref)
         return
     log.info("study %s analysed: %d result objects", ref, len(produced))
@@ -87,20 +113,26 @@ def _ask_for_notice(ctx: WorkerContext, study_key: str) -> None:
 
 def _analyse_study(
     ctx: WorkerContext, study_key: str
-) -> tuple[list[ResultRow], list[RejectedInput]]:
+) -> tuple[list[ResultRow], list[ImageAnalysis], list[RejectedInput]]:
     produced: list[ResultRow] = []
+    analyses: list[ImageAnalysis] = []
     refusals: list[RejectedInput] = []
     # The ledger, not the message, says which images the study has now.
     for relative in ctx.ledger.eligible_paths(study_key):
         try:
-            produced.extend(_analyse_instance(ctx, relative))
+            rows, analysis = _analyse_instance(ctx, relative)
         except RejectedInput as exc:
             log.warning("study %s: image not analysed: %s", log_ref(study_key), exc.reason_code)
             refusals.append(exc)
-    return produced, refusals
+            continue
+        produced.extend(rows)
+        analyses.append(analysis)
+    return produced, analyses, refusals
 
 
-def _analyse_instance(ctx: WorkerContext, relative_path: str) -> list[ResultRow]:
+def _analyse_instance(
+    ctx: WorkerContext, relative_path: str
+) -> tuple[list[ResultRow], ImageAnalysis]:
     try:
         source = dcmread(ctx.spool.resolve(relative_path))
     except FileNotFoundError:
@@ -120,4 +152,4 @@ def _analyse_instance(ctx: WorkerContext, relative_path: str) -> list[ResultRow]
                 path=ctx.spool.relative(path),
             )
         )
-    return rows
+    return rows, analysed.analysis

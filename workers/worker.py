@@ -13,10 +13,14 @@ import logging
 import os
 import socket
 import threading
-from typing import Literal
+from typing import Any, Literal
+
+from celery import signals
 
 from cxr_node.dicom.scu import AssociationPool
-from cxr_node.queue import ANALYSIS_QUEUE, DELIVERY_QUEUE, JobQueue
+from cxr_node.heartbeat import Heartbeat
+from cxr_node.ledger import Ledger
+from cxr_node.queue import ANALYSIS_QUEUE, ANALYZE_TASK, DELIVERY_QUEUE, JobQueue
 from cxr_node.settings import Settings
 from workers import runtime
 
@@ -24,6 +28,8 @@ log = logging.getLogger(__name__)
 
 WorkerRole = Literal["all", "analysis", "delivery"]
 MAX_DEFAULT_CPU_CONCURRENCY = 4
+WORKER_HEARTBEAT_SECONDS = 5.0
+"""How often a worker tells the ledger it is alive (serve takes one silent for 20 s as gone)."""
 
 
 def run_worker(settings: Settings, role: WorkerRole = "all") -> int:
@@ -54,8 +60,22 @@ def _run_analysis(settings: Settings) -> int:
     )
     torch.set_num_threads(threads)
     queue = JobQueue(settings)
-    runtime.configure(settings, queue, analyzer=analyzer)
+    worker_id = _worker_id("analysis")
+    ctx = runtime.configure(settings, queue, analyzer=analyzer, worker_id=worker_id)
     import workers.tasks  # noqa: F401  (registers the analysis task on the app)
+
+    def note_reserved(request: Any = None, **_: Any) -> None:
+        """A job taken from the queue, not started yet: if this worker dies now, serve knows
+        that job is lost as soon as the heartbeat stops (PS: the broker would keep it)."""
+        if request is None or getattr(request, "name", None) != ANALYZE_TASK:
+            return
+        try:
+            study_key = str(request.args[0]["study_key"])
+            ctx.ledger.note_reserved(study_key, worker_id)
+        except Exception:
+            log.exception("could not note a reserved job in the ledger")
+
+    signals.task_received.connect(note_reserved, weak=False)
 
     log.info(
         "analysis worker ready (%s; %d stud%s at once, %d torch thread%s)",
@@ -65,11 +85,8 @@ def _run_analysis(settings: Settings) -> int:
         threads,
         "" if threads == 1 else "s",
     )
-    pool = (
-        ["--pool=solo"] if concurrency == 1 else ["--pool=threads", f"--concurrency={concurrency}"]
-    )
-    _consume(queue, settings, ANALYSIS_QUEUE, pool, "analysis")
-    return 0
+    pool = "solo" if concurrency == 1 else "threads"
+    return _consume(queue, settings, ANALYSIS_QUEUE, pool, concurrency, worker_id, ctx.ledger)
 
 
 def analysis_parallelism(settings: Settings, on_gpu: bool) -> tuple[int, int]:
@@ -94,7 +111,8 @@ def _run_delivery(settings: Settings) -> int:
     pool = AssociationPool(
         settings.ae_title, settings.delivery_timeout_seconds, settings.association_idle_seconds
     )
-    runtime.configure(settings, queue, pool=pool)
+    worker_id = _worker_id("delivery")
+    ctx = runtime.configure(settings, queue, pool=pool, worker_id=worker_id)
     from workers import delivery, notices  # noqa: F401  (registers the tasks on the app)
 
     stop = threading.Event()
@@ -104,17 +122,18 @@ def _run_delivery(settings: Settings) -> int:
     reaper.start()
     log.info("delivery worker ready (%s)", _mode(settings))
     try:
-        _consume(
+        return _consume(
             queue,
             settings,
             DELIVERY_QUEUE,
-            ["--pool=threads", f"--concurrency={settings.delivery_concurrency}"],
-            "delivery",
+            "threads",
+            settings.delivery_concurrency,
+            worker_id,
+            ctx.ledger,
         )
     finally:
         stop.set()
         pool.close_all()
-    return 0
 
 
 def _close_idle_associations(pool: AssociationPool, stop: threading.Event) -> None:
@@ -126,21 +145,53 @@ def _close_idle_associations(pool: AssociationPool, stop: threading.Event) -> No
             log.warning("closing idle associations failed (%s)", type(exc).__name__)
 
 
+def _worker_id(role: str) -> str:
+    """This worker's name: its Celery hostname, and its row in the ledger's ``workers``."""
+    return f"cxr-{role}-{os.getpid()}@{socket.gethostname()}"
+
+
 def _consume(
-    queue: JobQueue, settings: Settings, queue_name: str, pool_args: list[str], role: str
-) -> None:
-    queue.app.worker_main(
-        [
-            "worker",
-            *pool_args,
-            f"--queues={queue_name}",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            f"--loglevel={settings.log_level}",
-            f"--hostname=cxr-{role}-{os.getpid()}@{socket.gethostname()}",
-        ]
+    queue: JobQueue,
+    settings: Settings,
+    queue_name: str,
+    pool_cls: str,
+    concurrency: int,
+    worker_id: str,
+    ledger: Ledger,
+) -> int:
+    """Consume ``queue_name`` until stopped, beating in the ledger; Celery's exit code.
+
+    The worker reconnects to a broker that went away for as long as it takes (see
+    ``cxr_node.queue``); if it stops for any other reason than a signal, the code is non-zero
+    so that a supervisor restarts it.
+    """
+    role = worker_id.split("-", 2)[1]
+    host, pid = socket.gethostname(), os.getpid()
+
+    def beat() -> bool:
+        ledger.worker_heartbeat(worker_id, role, host, pid)
+        return True
+
+    beat()
+    worker = queue.app.Worker(
+        hostname=worker_id,
+        pool_cls=pool_cls,
+        concurrency=concurrency,
+        queues=[queue_name],
+        loglevel=settings.log_level,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
     )
+    with Heartbeat(f"worker-{role}", WORKER_HEARTBEAT_SECONDS, beat):
+        worker.start()
+    code = int(worker.exitcode or 0)
+    try:
+        ledger.worker_stopped(worker_id)
+    except Exception:
+        log.exception("could not record this worker's stop in the ledger")
+    log.log(logging.ERROR if code else logging.INFO, "%s worker stopped (exit %d)", role, code)
+    return code
 
 
 def _mode(settings: Settings) -> str:

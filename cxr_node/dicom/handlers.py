@@ -17,6 +17,7 @@ from pydicom import dcmread
 
 from cxr_node import intake
 from cxr_node.dicom import status
+from cxr_node.dicom.attributes import read_study_attributes
 from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger
 from cxr_node.logs import describe_exception
@@ -150,6 +151,7 @@ class StoreHandler:
             calling_ae=calling_ae,
             destinations=self._router(calling_ae, _peer_address(event)),
             sha256=digest,
+            attributes=read_study_attributes(dataset),
         )
         if self.sessions is not None:
             self.sessions.saw(event.assoc, study_key)

@@ -8,44 +8,31 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-import cxr_node.ledger as ledger_module
-from cxr_node.ledger import DeliveryState, Ledger, NoticeState, ResultRow, StudyState
+from cxr_node.ledger import DeliveryState, Ledger, ManualClock, NoticeState, ResultRow, StudyState
 
 PACS = "PACS"
 VIEWER = "VIEWER"
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
-class FakeClock:
-    """Stands in for the ``time`` module inside cxr_node.ledger (it only calls time())."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+FakeClock = ManualClock
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'ledger.sqlite'}"
+def url(ledger_url: str) -> str:
+    return ledger_url
 
 
 @pytest.fixture
-def ledger(url: str) -> Iterator[Ledger]:
-    instance = Ledger(url)
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def ledger(url: str, clock: FakeClock) -> Iterator[Ledger]:
+    instance = Ledger(url, clock=clock)
     yield instance
     instance.close()
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(ledger_module, "time", fake)
-    return fake
 
 
 def record(
@@ -202,8 +189,10 @@ def test_lease_expired_analysing_study_can_be_claimed_again(
     assert (row.state, row.attempts) == (StudyState.ANALYSING, 2)
 
 
-def test_claim_is_exclusive_across_two_ledger_objects(url: str, ledger: Ledger) -> None:
-    other = Ledger(url)
+def test_claim_is_exclusive_across_two_ledger_objects(
+    url: str, ledger: Ledger, clock: FakeClock
+) -> None:
+    other = Ledger(url, clock=clock)
     try:
         record(ledger)
         ledger.mark_queued(STUDY)
@@ -250,7 +239,8 @@ def test_new_instance_in_a_finished_study_sends_it_back_to_received(
     elif final == "not_eligible":
         ledger.mark_not_eligible(STUDY, "BODY_PART", "not chest")
     else:
-        ledger.mark_failed(STUDY, "UNDECODABLE", "broken")
+        ledger.mark_queued(STUDY)
+        ledger.mark_failed(STUDY, "UNDECODABLE", "broken", ledger.claim(STUDY, 60))
     assert state(ledger) == StudyState(final)
 
     assert record(ledger, sop="1.2.3.2") is True
@@ -410,8 +400,10 @@ def test_recording_results_twice_keeps_one_row_per_result(ledger: Ledger) -> Non
 # --- several processes on one file ------------------------------------------------------------
 
 
-def test_two_ledgers_on_one_file_see_each_others_writes(url: str, ledger: Ledger) -> None:
-    other = Ledger(url)
+def test_two_ledgers_on_one_file_see_each_others_writes(
+    url: str, ledger: Ledger, clock: FakeClock
+) -> None:
+    other = Ledger(url, clock=clock)
     try:
         record(ledger)
         seen = other.study(STUDY)
@@ -425,12 +417,12 @@ def test_two_ledgers_on_one_file_see_each_others_writes(url: str, ledger: Ledger
         other.close()
 
 
-def test_ledger_survives_reopening(url: str) -> None:
-    first = Ledger(url)
+def test_ledger_survives_reopening(url: str, clock: FakeClock) -> None:
+    first = Ledger(url, clock=clock)
     record(first)
     first.mark_queued(STUDY)
     first.close()
-    second = Ledger(url)
+    second = Ledger(url, clock=clock)
     try:
         assert state(second) is StudyState.QUEUED
         assert second.study(STUDY) is not None
@@ -448,8 +440,10 @@ def test_list_studies_most_recent_first(ledger: Ledger, clock: FakeClock) -> Non
     assert [row.study_key for row in ledger.list_studies(limit=1)] == ["1.1"]
 
 
-def test_concurrent_duplicate_instance_is_reported_as_known(url: str, ledger: Ledger) -> None:
-    other = Ledger(url)
+def test_concurrent_duplicate_instance_is_reported_as_known(
+    url: str, ledger: Ledger, clock: FakeClock
+) -> None:
+    other = Ledger(url, clock=clock)
     raced: list[bool] = []
 
     def other_store_first(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
@@ -559,12 +553,12 @@ def test_deferring_a_destination_delays_its_old_and_new_deliveries(
     assert ledger.acquire_destination(PACS, 60) is not None
     assert ledger.note_destination_outcome(PACS, reachable=False) == 1
     assert ledger.note_destination_outcome(PACS, reachable=False) == 2
-    ledger.defer_destination(PACS, clock.now + 8, "connection refused")
+    ledger.defer_destination(PACS, clock.now() + 8, "connection refused")
     assert ledger.due_deliveries(PACS) == []
-    assert ledger.next_delivery_at(PACS) == clock.now + 8
+    assert ledger.next_delivery_at(PACS) == clock.now() + 8
     record(ledger, study="1.9")
     analysed(ledger, [PACS], study="1.9")  # a new study while PACS is down waits too
-    assert ledger.deliveries_of("1.9")[PACS].next_attempt_at == clock.now + 8
+    assert ledger.deliveries_of("1.9")[PACS].next_attempt_at == clock.now() + 8
     assert ledger.deliveries_of(STUDY)[PACS].last_error == "connection refused"
     clock.advance(8)
     assert sorted(r.study_key for r in ledger.due_deliveries(PACS)) == sorted(["1.9", STUDY])
@@ -572,15 +566,15 @@ def test_deferring_a_destination_delays_its_old_and_new_deliveries(
 
 
 def test_a_retry_time_survives_reopening_the_ledger(url: str, clock: FakeClock) -> None:
-    first = Ledger(url)
+    first = Ledger(url, clock=clock)
     record(first)
     analysed(first, [PACS])
-    first.record_delivery(STUDY, PACS, DeliveryState.PENDING, "down", clock.now + 30)
+    first.record_delivery(STUDY, PACS, DeliveryState.PENDING, "down", clock.now() + 30)
     first.close()
-    second = Ledger(url)
+    second = Ledger(url, clock=clock)
     try:
         assert second.due_deliveries(PACS) == []
-        assert second.next_delivery_at(PACS) == clock.now + 30
+        assert second.next_delivery_at(PACS) == clock.now() + 30
         clock.advance(30)
         assert second.destinations_due() == [PACS]
     finally:
@@ -739,9 +733,9 @@ def test_a_delivery_reopened_meanwhile_is_not_marked_by_an_older_attempt(
 
 def test_down_since_is_kept_until_the_destination_answers(ledger: Ledger, clock: FakeClock) -> None:
     assert ledger.acquire_destination(PACS, 60) is not None
-    assert ledger.note_destination_failure(PACS) == (1, clock.now)
-    start = clock.now
+    assert ledger.note_destination_failure(PACS) == (1, clock.now())
+    start = clock.now()
     clock.advance(100)
     assert ledger.note_destination_failure(PACS) == (2, start)
     ledger.note_destination_outcome(PACS, reachable=True)
-    assert ledger.note_destination_failure(PACS) == (1, clock.now)
+    assert ledger.note_destination_failure(PACS) == (1, clock.now())
