@@ -24,7 +24,7 @@ from cxr_node.dicom.scu import (
 )
 from cxr_node.heartbeat import Heartbeat
 from cxr_node.ledger import DeliveryRow, DeliveryState
-from cxr_node.logs import describe_exception
+from cxr_node.logs import describe_exception, traceback_frames
 from cxr_node.queue import DELIVER_TASK
 from cxr_node.spool import log_ref
 from workers.runtime import WorkerContext, context
@@ -122,7 +122,7 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
         ctx.ledger.record_delivery(
             study, name, DeliveryState.FAILED, reason, opened_at=row.created_at
         )
-        log.error("study %s to %s: %s", log_ref(study), name, reason)
+        log.error("study %s to %s: %s\n%s", log_ref(study), name, reason, traceback_frames(exc))
         return True
     ctx.ledger.note_destination_outcome(name, reachable=True)
     ctx.ledger.record_delivery(study, name, DeliveryState.DELIVERED, opened_at=row.created_at)

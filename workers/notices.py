@@ -12,7 +12,7 @@ from celery import shared_task
 from pydicom import Dataset, dcmread
 
 from cxr_node.ledger import ResultRow, StudyState
-from cxr_node.logs import describe_exception
+from cxr_node.logs import traceback_frames
 from cxr_node.queue import NOTICE_TASK
 from cxr_node.spool import log_ref
 from workers.results import encode_notice, to_bytes
@@ -46,7 +46,7 @@ def report_not_analysed(study_key: str) -> None:
         notice = encode_notice(headers, study.reason_code or "UNKNOWN", study.reason or "")
     except Exception as exc:  # highdicom refuses these headers: record it, do not loop
         ctx.ledger.mark_notice_impossible(study_key, type(exc).__name__)
-        log.error("study %s: notice cannot be encoded: %s", ref, describe_exception(exc))
+        log.error("study %s: notice cannot be encoded: %s", ref, traceback_frames(exc))
         return
     path = ctx.spool.result_path(str(notice.StudyInstanceUID), str(notice.SOPInstanceUID))
     ctx.spool.write_atomically(path, [to_bytes(notice)])

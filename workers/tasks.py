@@ -9,7 +9,6 @@ values).
 from __future__ import annotations
 
 import logging
-import traceback
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,7 +19,7 @@ from cxr_node.errors import RejectedInput, TransientError
 from cxr_node.heartbeat import Heartbeat
 from cxr_node.jobs import ImageAnalysis, InferenceJob
 from cxr_node.ledger import ResultRow
-from cxr_node.logs import describe_exception
+from cxr_node.logs import describe_exception, traceback_frames
 from cxr_node.queue import ANALYZE_TASK
 from cxr_node.spool import log_ref
 from workers.results import encode_results, to_bytes
@@ -83,10 +82,9 @@ def _analyse_claimed(ctx: WorkerContext, job: InferenceJob, token: int) -> None:
             _ask_for_notice(ctx, job.study_key)
         # the traceback's frames, not its message (which may quote header values)
         log.error(
-            "study %s failed with an internal error: %s\n%s",
+            "study %s failed with an internal error: %s",
             ref,
-            describe_exception(exc),
-            "".join(traceback.format_tb(exc.__traceback__)),
+            traceback_frames(exc),
         )
         return
     if not produced:

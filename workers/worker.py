@@ -20,6 +20,7 @@ from celery import signals
 from cxr_node.dicom.scu import AssociationPool
 from cxr_node.heartbeat import Heartbeat
 from cxr_node.ledger import Ledger
+from cxr_node.logs import traceback_frames
 from cxr_node.queue import ANALYSIS_QUEUE, ANALYZE_TASK, DELIVERY_QUEUE, JobQueue
 from cxr_node.settings import Settings
 from workers import runtime
@@ -142,7 +143,7 @@ def _close_idle_associations(pool: AssociationPool, stop: threading.Event) -> No
         try:
             pool.close_idle()
         except Exception as exc:  # never let the reaper die
-            log.warning("closing idle associations failed (%s)", type(exc).__name__)
+            log.warning("closing idle associations failed: %s", traceback_frames(exc))
 
 
 def _worker_id(role: str) -> str:

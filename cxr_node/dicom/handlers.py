@@ -20,7 +20,7 @@ from cxr_node.dicom import status
 from cxr_node.dicom.attributes import read_study_attributes
 from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger
-from cxr_node.logs import describe_exception
+from cxr_node.logs import traceback_frames
 from cxr_node.spool import Spool, log_ref, safe_key
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,9 @@ class StoreHandler:
             )
             return status.OUT_OF_RESOURCES
         except Exception as exc:  # a handler must answer, whatever went wrong
-            log.error("unexpected %s while storing from %s", describe_exception(exc), calling_ae)
+            log.error(
+                "unexpected error while storing from %s: %s", calling_ae, traceback_frames(exc)
+            )
             return status.PROCESSING_FAILURE
 
     @property
