@@ -132,6 +132,23 @@ def test_unknown_key_lists_the_allowed_keys() -> None:
     assert "ae_title" in message and "destinations" in message
 
 
+def test_unknown_nested_key_lists_the_keys_allowed_at_its_level(tmp_path: Path) -> None:
+    config = _yaml(
+        tmp_path,
+        "destinations:\n  - {name: viewer, ae_title: V, host: h, port: 104, colour: red}\n"
+        "sources:\n  - {ae_title: ER, destinationz: [viewer]}\n"
+        "eligibility: {modalitiez: [CR]}\n",
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings(config)
+    lines = {line.split("'")[1]: line for line in str(raised.value).split("; ")}
+    destination = lines["destinations.0.colour"]
+    assert "allowed keys here: ae_title, host, name, port, tls" in destination
+    assert "allowed keys here: ae_title, destinations, host" in lines["sources.0.destinationz"]
+    eligibility = lines["eligibility.modalitiez"]
+    assert "modalities" in eligibility and "broker_url" not in eligibility
+
+
 def test_bad_value_in_environment_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CXR_NODE_PORT", "70000")
     with pytest.raises(ConfigurationError, match="'port'"):
