@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -141,7 +142,12 @@ def test_unknown_nested_key_lists_the_keys_allowed_at_its_level(tmp_path: Path) 
     )
     with pytest.raises(ConfigurationError) as raised:
         load_settings(config)
-    lines = {line.split("'")[1]: line for line in str(raised.value).split("; ")}
+    lines = {
+        key: text
+        for key, text in re.findall(
+            r"configuration key '([^']+)': ([^;]+; [^;]+)", str(raised.value)
+        )
+    }
     destination = lines["destinations.0.colour"]
     assert "allowed keys here: ae_title, host, name, port, tls" in destination
     assert "allowed keys here: ae_title, destinations, host" in lines["sources.0.destinationz"]
