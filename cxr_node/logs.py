@@ -7,8 +7,7 @@ libraries (pynetdicom dumps datasets at DEBUG) are held at WARNING.
 import logging
 import sys
 import traceback
-
-import pydicom.config
+import warnings
 
 _QUIET_LIBRARIES = ("pynetdicom", "celery", "kombu", "highdicom", "amqp")
 # pydicom logs invalid header values verbatim (a malformed birth date, say): errors only.
@@ -28,14 +27,27 @@ def configure_logging(level: str = "INFO") -> None:
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     for name in _SILENT_LIBRARIES:
         logging.getLogger(name).setLevel(logging.ERROR)
-    # pydicom's value validation warns with the offending value quoted (a sloppy birth date,
-    # say); invalid values are handled where they matter (see workers.encode.sr), and our
-    # outputs are checked with dciodvfy in the tests.
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    # Library warnings may quote data too: route them to logging, and keep only errors.
+    # pydicom validates values (its default, WARN) and warns with the offending value quoted
+    # (a sloppy birth date, say). Validation stays on; its warnings never reach a log line.
+    quiet_pydicom_warnings()
+    # Other libraries' warnings may quote data too: route them to logging, keep only errors.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
+
+
+PYDICOM_WARNINGS = r"pydicom(\..*)?$"
+"""Modules whose warnings :func:`quiet_pydicom_warnings` drops."""
+
+
+def quiet_pydicom_warnings() -> None:
+    """Drop the warnings pydicom's modules issue (invalid values, quoted in the message): not
+    shown, not logged, and not remembered per message either (Python's default action keeps
+    every distinct warning text, and these texts carry header values, so a long-running
+    worker would collect them). pydicom's own logger, which repeats them, is held at ERROR by
+    :func:`configure_logging`. Values are still validated; invalid source values are handled
+    where they matter (``workers.encode.sr.header_view``), and our outputs are checked with
+    dciodvfy in the tests."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=PYDICOM_WARNINGS)
 
 
 def describe_exception(exc: BaseException) -> str:
@@ -46,3 +58,14 @@ def describe_exception(exc: BaseException) -> str:
         return type(exc).__name__
     last = frames[-1]
     return f"{type(exc).__name__} at {last.filename.rsplit('/', 2)[-1]}:{last.lineno}"
+
+
+def traceback_frames(exc: BaseException) -> str:
+    """The traceback of an exception as its frames only (file, line, function, source line),
+    without the message: the frames say where a bug is, the message may quote header values."""
+    lines = [f"{type(exc).__name__} (message withheld); traceback, most recent call last:"]
+    for frame in traceback.extract_tb(exc.__traceback__):
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+    return "\n".join(lines)

@@ -1,41 +1,28 @@
 """Receive C-STORE data sets straight into the spool's folder, never whole in memory.
 
-pynetdicom's chunked receive (``_config.STORE_RECV_CHUNKED_DATASET``) writes each P-DATA
-fragment (PS3.8 Annex E) of a C-STORE data set to a Part 10 temporary file, preamble and File
-Meta Information first (PS3.10 7.1), and hands the handler its path. The file is made with
-``tempfile.NamedTemporaryFile`` in ``pynetdicom.dimse_messages``; we give that call the
-receiving AE's own folder (the spool's ``.tmp``) so that the handler can fsync the file and
-rename it into place instead of copying 10 MB. The hook finds the AE through the DUL thread
-that decodes the fragments (``DULServiceProvider.assoc``; pynetdicom 3.0, pinned in
-``constraints.txt``); any other caller gets the default temporary folder.
+pynetdicom's chunked receive (its documented ``STORE_RECV_CHUNKED_DATASET`` option) writes each
+P-DATA fragment (PS3.8 Annex E) of a C-STORE data set to a Part 10 temporary file, preamble and
+File Meta Information first (PS3.10 7.1), and hands the handler its path. pynetdicom makes the
+file with ``tempfile.NamedTemporaryFile`` and no folder, so it lands in Python's default
+temporary folder, which the public ``tempfile.tempdir`` sets: the serve process has one spool,
+so that folder is the spool's ``.tmp``, on the spool's file system, and the handler fsyncs the
+file and renames it into place instead of copying 10 MB. (Should a pynetdicom ever pass a
+folder of its own, ``Spool.adopt`` copies across file systems: slower, still correct.)
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
 from pathlib import Path
-from typing import IO, Any
 
-from pynetdicom import _config, dimse_messages
-
-
-def enable_chunked_receive() -> None:
-    """Switch the process to chunked C-STORE receive with per-AE temporary folders."""
-    _config.STORE_RECV_CHUNKED_DATASET = True
-    setattr(dimse_messages, "NamedTemporaryFile", _temporary_file_in_receive_folder)  # noqa: B010
+from cxr_node import compat
 
 
-def receive_folder_of_current_association() -> Path | None:
-    """The ``receive_folder`` of the AE whose association this thread serves, if it has one."""
-    association = getattr(threading.current_thread(), "assoc", None)
-    folder = getattr(getattr(association, "ae", None), "receive_folder", None)
-    return folder if isinstance(folder, Path) else None
+def enable_chunked_receive(receive_folder: Path) -> None:
+    """Switch this process to chunked C-STORE receive into ``receive_folder``.
 
-
-def _temporary_file_in_receive_folder(*args: Any, **kwargs: Any) -> IO[bytes]:
-    folder = receive_folder_of_current_association()
-    if folder is not None and "dir" not in kwargs:
-        kwargs["dir"] = folder
-        kwargs.setdefault("prefix", "receiving-")
-    return tempfile.NamedTemporaryFile(*args, **kwargs)  # pynetdicom closes and unlinks it
+    Process-wide: every temporary file this process makes without naming a folder goes there
+    too (the spool's housekeeping removes those left for an hour).
+    """
+    compat.enable_chunked_store_receive()
+    tempfile.tempdir = str(receive_folder)

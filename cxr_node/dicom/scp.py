@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, evt
@@ -13,9 +11,11 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from cxr_node import compat
 from cxr_node.dicom.contexts import ACCEPTED_TRANSFER_SYNTAXES, STORAGE_SOP_CLASSES
 from cxr_node.dicom.handlers import StoreHandler, handle_echo
 from cxr_node.dicom.receive import enable_chunked_receive
+from cxr_node.logs import describe_exception
 from cxr_node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -23,56 +23,71 @@ log = logging.getLogger(__name__)
 SourceGate = Callable[[str, str | None], bool]
 """Says whether a calling AE title from an address may associate with us."""
 
-_NOBODY = "\x00"
-"""An AE title no peer can have: listed alone, it makes pynetdicom reject the caller."""
 
+class AssociationGate:
+    """``evt.EVT_REQUESTED`` handler: admits only known sources (PS3.8 7.1.1.4: A-ASSOCIATE-RJ,
+    rejected-permanent, service-user, calling AE title not recognised), and answers a call to
+    one of our other AE titles under that title.
 
-class GatedAE(AE):
-    """An AE that admits only known sources (PS3.8 7.1.1.4: A-ASSOCIATE-RJ, rejected-permanent,
-    service-user, calling AE title not recognised).
-
-    pynetdicom checks ``require_calling_aet`` while it negotiates, in the association's own
-    thread; answering per association lets the rule see the caller's address as well as its
-    AE title, and lets ``cxr-node aet`` change the rules while the node runs.
+    pynetdicom triggers ``EVT_REQUESTED`` in the association's own thread once the
+    A-ASSOCIATE-RQ is in, before it negotiates; a handler that rejects there is not negotiated
+    further (pynetdicom 3.0 ``Association.run_reactor``). Deciding per association lets the
+    rule see the caller's address as well as its AE title, and lets ``cxr-node aet`` change the
+    rules while the node runs. A wrong called AE title is left to pynetdicom's own
+    ``require_called_aet`` check (called AE title not recognised).
     """
 
     def __init__(
         self, ae_title: str, gate: SourceGate | None, other_titles: tuple[str, ...] = ()
     ) -> None:
-        super().__init__(ae_title=ae_title)
+        self._ae_title = ae_title.strip()
         self._gate = gate
-        self._other_titles = frozenset(other_titles)
-        self.receive_folder: Path | None = None
-        """Where C-STORE data sets are written as they arrive (cxr_node.dicom.receive)."""
+        self._other_titles = frozenset(title.strip() for title in other_titles)
 
-    @property  # type: ignore[misc]
-    def require_calling_aet(self) -> list[str]:
-        """The caller's own title when it is known; otherwise a title nobody has.
-
-        Also where a call to one of our other AE titles is answered under that title (pynetdicom
-        checks the called title right after this, against the acceptor's).
-        """
-        association = threading.current_thread()
-        if not isinstance(association, Association):
-            return []
+    def __call__(self, event: Any) -> None:
+        association = event.assoc
         primitive = association.requestor.primitive
         called = str(getattr(primitive, "called_ae_title", "") or "").strip()
         if called in self._other_titles:
-            association.acceptor.ae_title = called
-        if self._gate is None:
-            return []
+            association.acceptor.ae_title = called  # pynetdicom compares the called title with it
+        if self._gate is None or called not in self._other_titles | {self._ae_title}:
+            return
         calling = str(getattr(primitive, "calling_ae_title", "") or "").strip()
         address = association.requestor.address or None
-        if self._gate(calling, address):
-            return [calling]
-        log.warning("association from %s at %s refused: unknown source", calling, address)
-        return [_NOBODY]
+        try:
+            admitted = self._gate(calling, address)
+        except Exception as exc:  # an exception here would let pynetdicom accept the caller
+            log.error(
+                "association from %s at %s refused: cannot check its source (%s)",
+                calling,
+                address,
+                describe_exception(exc),
+            )
+            _reject(association, _REJECTED_TRANSIENT, _NO_REASON_GIVEN)
+            return
+        if not admitted:
+            log.warning("association from %s at %s refused: unknown source", calling, address)
+            _reject(association, _REJECTED_PERMANENT, _CALLING_AE_TITLE_NOT_RECOGNISED)
 
 
-def build_ae(settings: Settings, gate: SourceGate | None = None) -> GatedAE:
-    """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax,
-    from known sources only when ``gate`` is given."""
-    ae = GatedAE(settings.ae_title, gate, tuple(settings.additional_ae_titles))
+_REJECTED_PERMANENT = 0x01
+_REJECTED_TRANSIENT = 0x02
+_SERVICE_USER = 0x01
+_NO_REASON_GIVEN = 0x01
+_CALLING_AE_TITLE_NOT_RECOGNISED = 0x03
+
+
+def _reject(association: Association, result: int, diagnostic: int) -> None:
+    """Send A-ASSOCIATE-RJ (PS3.8 9.3.4) and wait, as pynetdicom does after its own
+    rejections, until the peer has it and the connection is closed (else the socket may close
+    before the rejection is out)."""
+    association.acse.send_reject(result, _SERVICE_USER, diagnostic)
+    association.kill()
+
+
+def build_ae(settings: Settings) -> AE:
+    """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax."""
+    ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_seconds
@@ -90,12 +105,19 @@ def start_server(
 ) -> ThreadedAssociationServer:
     """Start listening in background threads; the caller owns shutdown().
 
-    Data sets are received chunked, straight into the spool's folder, and never decoded here.
+    Data sets are received chunked, straight into the spool's folder, and never decoded here;
+    that folder becomes the process's temporary folder (:mod:`cxr_node.dicom.receive`). Only
+    sources ``gate`` admits may associate, when it is given.
     """
-    enable_chunked_receive()
-    ae = build_ae(settings, gate)
-    ae.receive_folder = store_handler.receive_folder
-    handlers: list[Any] = [(evt.EVT_C_ECHO, handle_echo), (evt.EVT_C_STORE, store_handler)]
+    enable_chunked_receive(store_handler.receive_folder)
+    compat.install_pynetdicom_socket_close_fix()
+    ae = build_ae(settings)
+    admit = AssociationGate(settings.ae_title, gate, tuple(settings.additional_ae_titles))
+    handlers: list[Any] = [
+        (evt.EVT_REQUESTED, admit),
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, store_handler),
+    ]
     sessions = store_handler.sessions
     if sessions is not None:
         handlers += [

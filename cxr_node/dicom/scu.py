@@ -12,9 +12,7 @@ Failures are classified so that the caller's policy is simple:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from collections.abc import Iterable
@@ -24,10 +22,10 @@ from pathlib import Path
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.association import Association
-from pynetdicom.transport import AssociationSocket
 
+from cxr_node import compat
 from cxr_node.destinations import Destination
 from cxr_node.dicom import status
 from cxr_node.dicom.contexts import RESULT_SOP_CLASSES
@@ -41,21 +39,8 @@ OFFERED_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 _WARNING_STATUSES = {0xB000, 0xB007, 0xB006, 0x0107, 0x0116}
 _PERMANENT_REJECTION = 0x01
 
-
-def _shutdown_and_close(self: AssociationSocket) -> None:
-    """pynetdicom 3.0's ``_shutdown_socket`` skips ``close()`` when ``shutdown()`` raises, as it
-    does on a socket that never connected (refused, TLS handshake failed): the descriptor then
-    waits for the garbage collector. Close it in every case."""
-    sock = self.socket
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
-
-
-AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-assign]
+# A refused or failed association must not leave its socket to the garbage collector.
+compat.install_pynetdicom_socket_close_fix()
 
 
 class DestinationUnreachable(TransientError):
@@ -199,7 +184,7 @@ def store_files(association: Association, files: Iterable[Path]) -> int:
     class the destination did not accept are not sent: the others are, and then
     :class:`DeliveryRejected` names what was refused.
     """
-    _config.STORE_SEND_CHUNKED_DATASET = True  # only affects sends of a path, as here
+    compat.enable_chunked_store_send()  # only affects sends of a path, as here
     accepted = {str(context.abstract_syntax) for context in association.accepted_contexts}
     refused: list[str] = []
     stored = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -73,6 +74,13 @@ class Node:
     def files_of(self, study_uid: str) -> list[Path]:
         folder = self.spool.root / safe_key(study_uid)
         return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+@pytest.fixture(autouse=True)
+def _process_temporary_folder_restored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_server makes the spool's folder the process's temporary folder (one spool per
+    serve process); the test process gets its own back afterwards."""
+    monkeypatch.setattr(tempfile, "tempdir", tempfile.tempdir)
 
 
 @pytest.fixture
@@ -431,6 +439,27 @@ def test_only_known_sources_may_associate_and_changes_apply_at_once(
 
     managed[0] = SourceRule(ae_title="STRANGER", host="10.0.0.0/8")  # not from loopback
     assert _associate(port, "STRANGER").is_rejected
+
+
+def test_a_source_check_that_fails_rejects_transiently(start_node: Callable[..., Node]) -> None:
+    """The gate raising (the ledger unreachable, say) must not let the caller in."""
+
+    def broken_gate(ae: str, address: str | None) -> bool:
+        raise RuntimeError("ledger unreachable")
+
+    node = start_node(gate=broken_gate)
+    refused = _associate(node.settings.port, "MODALITY")
+    assert refused.is_rejected
+    primitive = refused.acceptor.primitive
+    # rejected-transient, service-user, no reason given: the sender tries again later
+    assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 1, 1)
+
+
+def test_the_spool_folder_is_the_process_temporary_folder(node: Node) -> None:
+    """pynetdicom's chunked receive makes its file with NamedTemporaryFile() and no folder."""
+    assert Path(tempfile.gettempdir()) == node.spool.receive_folder
+    with tempfile.NamedTemporaryFile() as made_like_pynetdicom:
+        assert Path(made_like_pynetdicom.name).parent == node.spool.receive_folder
 
 
 def test_a_wrong_called_ae_title_is_rejected(node: Node) -> None:

@@ -10,7 +10,9 @@ pydicom would use them), text and code strings (ASCII, or through pydicom's own
 ``encode_string``), decimal / integer strings and binary numbers. Any other element (person
 names, dates held as date objects, raw or buffered values, anything unusual) is written by
 pydicom's own ``write_data_element``; any other dataset (another transfer syntax, one read
-from a file, an ambiguous VR left unresolved) goes entirely through ``dcmwrite``.
+from a file, an ambiguous VR left unresolved) goes entirely through ``dcmwrite``, and so does
+every dataset when the installed pydicom is not the series this writer mirrors
+(:func:`cxr_node.compat.fast_part10_writer`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element, write_f
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from cxr_node import compat
 
 _TAG = Struct("<HH")
 _US = Struct("<H")
@@ -92,11 +96,12 @@ def to_part10(dataset: Dataset) -> bytes:
     """The bytes of ``dataset.save_as(buffer, enforce_file_format=True)`` (PS3.10 file)."""
     meta = getattr(dataset, "file_meta", None)
     if (
-        meta is None
+        not compat.fast_part10_writer()
+        or meta is None
         or meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian
         or dataset.original_encoding != (None, None)
         or len(getattr(dataset, "preamble", None) or b"\x00" * 128) != 128
-        or any(tag >> 16 in (0, 2) for tag in dataset._dict)
+        or any(tag >> 16 in (0, 2) for tag in dataset.keys())  # noqa: SIM118 (tags)
     ):
         return _pydicom_bytes(dataset)
     # What dcmwrite does before it writes: fresh meta, up to date, validated.
@@ -113,7 +118,7 @@ def to_part10(dataset: Dataset) -> bytes:
     if "PixelData" in dataset:
         dataset["PixelData"].is_undefined_length = False  # native pixel data (PS3.5 A.4)
     body = None
-    if not any(_ambiguous(element) for element in dataset._dict.values()):
+    if not any(_ambiguous(element) for element in dataset.values()):
         with suppress(_Redo):
             body = _dataset(dataset, default_encoding, strict=True)
     if body is None:
@@ -139,27 +144,31 @@ def _pydicom_bytes(dataset: Dataset) -> bytes:
 
 def _dataset(dataset: Dataset, parent_encoding: str | list[str], *, strict: bool) -> bytes:
     """One data set's elements in tag order, no group lengths (PS3.5 7.2), like pydicom."""
-    elements = dataset._dict
-    if strict:
-        get = elements.__getitem__
-    else:
-        converts = dataset.original_encoding != (False, True) or (
-            dataset.original_character_set != dataset._character_set
-        )
-        get = dataset.__getitem__ if converts else dataset.get_item
-    if _CHARSET_TAG in elements:
+    elements = dataset.items()  # the elements as stored: raw ones are not decoded
+    if _CHARSET_TAG in dataset.keys():  # noqa: SIM118 (a view: no Tag conversion)
         charset = dataset.get("SpecificCharacterSet", parent_encoding)
     else:
         charset = parent_encoding
     encodings = _python_encodings(charset)
     parts = []
-    for tag in sorted(elements, key=int):
+    if strict:
+        for tag, element in sorted(elements):
+            if tag & 0xFFFF == 0 and tag >> 16 > 6:
+                continue
+            if not (type(element) is DataElement and element.VR and len(element.VR) == 2):
+                raise _Redo
+            parts.append(_element(element, charset, encodings, strict))
+        return b"".join(parts)
+    # What write_dataset decides: decode raw elements when the encoding or the character set
+    # differs from the one they were read in.
+    converts = dataset.original_encoding != (False, True) or (
+        dataset.original_character_set != compat.written_character_set(dataset)
+    )
+    get = dataset.__getitem__ if converts else dataset.get_item
+    for tag in sorted(dataset.keys()):
         if tag & 0xFFFF == 0 and tag >> 16 > 6:
             continue
-        element = get(tag)
-        if strict and not (type(element) is DataElement and element.VR and len(element.VR) == 2):
-            raise _Redo
-        parts.append(_element(element, charset, encodings, strict))
+        parts.append(_element(get(tag), charset, encodings, strict))
     return b"".join(parts)
 
 
@@ -186,7 +195,7 @@ def _element(element: Any, charset: Any, encodings: list[str], strict: bool) -> 
     vr = element.VR
     if not vr or len(vr) != 2:
         raise _Fallback  # an ambiguous VR pydicom would refuse or resolve its own way
-    value = element._value
+    value = element.value
     if vr == "SQ":
         return _sequence(element, value, encodings, strict)
     if element.is_undefined_length:

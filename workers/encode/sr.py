@@ -20,7 +20,9 @@ tree once per model, label set and kind of source image, with placeholders (``_r
 on a placeholder image and analysis), and each document is a copy of that template with its
 own values set where highdicom put the placeholders (``_fast_report``): UIDs, probabilities,
 Present/Absent, priority, boxes, rows and columns. The unit tests check that the result is
-byte for byte the tree ``_report`` builds directly.
+byte for byte the tree ``_report`` builds directly. Templates know where highdicom puts each
+value, so they are used only with the highdicom series they were checked against
+(:func:`cxr_node.compat.sr_templates`); otherwise highdicom builds every tree.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DS, DT, TM, validate_value
 
+from cxr_node import compat
 from cxr_node.jobs import CodedConcept as JobCode
 from cxr_node.jobs import Finding, ImageAnalysis, ModelInfo, Priority, Region
 
@@ -672,9 +675,14 @@ def build_measurement_report(
     """
     if analysis.sop_instance_uid != source.SOPInstanceUID:
         raise ValueError("analysis does not belong to the source image")
+    content: hd.sr.MeasurementReport | hd.sr.ContainerContentItem
+    if compat.sr_templates():
+        content = _fast_report(source, analysis, sop_instance_uid)
+    else:
+        content = _report(source, analysis, sop_instance_uid)
     sr = comprehensive_sr(
         [header if header is not None else header_view(source)],
-        _fast_report(source, analysis, sop_instance_uid),
+        content,
         device=analysis.model,
         contribution=AI_CONTRIBUTION,
         series_description=series_description(demo=analysis.model.demo),
@@ -703,22 +711,15 @@ def comprehensive_sr(
     PRELIMINARY (not the definitive report) and UNVERIFIED (no clinician verified it), with
     ``device`` as equipment and IHE AIR Contributing Equipment.
 
-    ``content`` is the TID 1500 report (or its root container), built by highdicom. highdicom's
-    constructor would deep-copy the whole tree, parse the copy back into content items and
-    search it for image references, which cost more than everything else together; the tree
-    is ours and every image it references is in ``evidence``. So the constructor gets the root
-    without its children (it records the evidence the same way), then the root's attributes
-    are set as the constructor sets them, and ``content`` is the tree itself.
+    ``content`` is the TID 1500 report (or its root container), built by highdicom. The tree
+    is ours and every image it references is in ``evidence``, so highdicom's copy and re-parse
+    of it is skipped where that is safe (:func:`cxr_node.compat.build_sr`).
     """
     root = _container(content) if isinstance(content, hd.sr.ContentSequence) else content
-    stub = pydicom.Dataset()
-    for element in root:
-        if element.keyword != "ContentSequence":
-            stub.add(element)
-    stub.ContentSequence = []
-    sr = hd.sr.Comprehensive3DSR(
+    return compat.build_sr(
+        hd.sr.Comprehensive3DSR,
+        root,
         evidence=evidence,
-        content=stub,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,
@@ -734,7 +735,3 @@ def comprehensive_sr(
         coding_schemes=private_coding_schemes(),
         contributing_equipment=[ai_equipment(device, contribution)],
     )
-    for element in root:
-        sr[element.tag] = element
-    sr._content = hd.sr.ContentSequence([root], is_root=True)
-    return sr

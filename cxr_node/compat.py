@@ -1,0 +1,512 @@
+"""Workarounds that reach into private parts of pydicom, highdicom, pynetdicom and kombu.
+
+Every read or write of another library's private attributes, methods or modules in
+``cxr_node`` and ``workers`` is in this module and nowhere else. Each workaround says why it
+exists and what upstream says; each runs only on the release series it was written and tested
+against (``SUPPORTED_*_VERSIONS``: the series installed and pinned today) and, on any other
+version, falls back to the library's public API: slower, or without the fix, but correct.
+``tests/unit/test_compat.py`` runs both paths of each and checks that they agree.
+
+Imports: pydicom only at module level. The DICOM edge imports this module and installs neither
+highdicom nor torch; highdicom, pynetdicom and kombu are imported where they are used.
+
+What is *not* here, because a public hook does the job: the receive folder of chunked C-STORE
+(``tempfile.tempdir``, :mod:`cxr_node.dicom.receive`) and the calling-AE check (an
+``EVT_REQUESTED`` handler, :mod:`cxr_node.dicom.scp`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime
+import decimal
+import functools
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+import uuid
+from collections.abc import Callable, Mapping
+from time import monotonic
+from typing import Any, TypeVar
+
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.uid import UID
+from pydicom.valuerep import DA, DT, IS, TM, DSfloat, PersonName
+
+log = logging.getLogger(__name__)
+
+D = TypeVar("D", bound=Dataset)
+
+# --- which versions the workarounds were written for ------------------------------------------
+
+SUPPORTED_PYDICOM_VERSIONS: tuple[tuple[int, ...], ...] = ((3, 0),)
+"""pydicom release series (major, minor) the pydicom workarounds were checked against: 3.0.x."""
+SUPPORTED_HIGHDICOM_VERSIONS: tuple[tuple[int, ...], ...] = ((0, 28),)
+"""highdicom series the SR workarounds were checked against: 0.28.x."""
+SUPPORTED_PYNETDICOM_VERSIONS: tuple[tuple[int, ...], ...] = ((3, 0),)
+"""pynetdicom series the socket fix was checked against: 3.0.x."""
+SUPPORTED_KOMBU_VERSIONS: tuple[tuple[int, ...], ...] = ((5,),)
+"""kombu series the transport workarounds were checked against: 5.x."""
+
+_FELL_BACK: set[str] = set()
+
+
+@functools.cache
+def installed_version(distribution: str) -> tuple[int, ...] | None:
+    """The leading numeric parts of an installed distribution's version (``3.0.2`` -> (3, 0,
+    2); ``5.7.0rc1`` -> (5, 7, 0)), or None when it is not installed."""
+    try:
+        text = importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    numbers: list[int] = []
+    for part in text.split("."):
+        digits = re.match(r"\d+", part)
+        if digits is None:
+            break
+        numbers.append(int(digits.group()))
+        if digits.group() != part:
+            break
+    return tuple(numbers)
+
+
+def _supported(distribution: str, series: tuple[tuple[int, ...], ...]) -> bool:
+    version = installed_version(distribution)
+    if version is not None and any(version[: len(s)] == s for s in series):
+        return True
+    if distribution not in _FELL_BACK:
+        _FELL_BACK.add(distribution)
+        log.warning(
+            "%s %s is not a version cxr_node.compat was written for (%s): using its public API",
+            distribution,
+            ".".join(map(str, version)) if version else "(not installed)",
+            ", ".join(".".join(map(str, s)) + ".x" for s in series) or "none",
+        )
+    return False
+
+
+def pydicom_supported() -> bool:
+    """Whether the installed pydicom is one of ``SUPPORTED_PYDICOM_VERSIONS``."""
+    return _supported("pydicom", SUPPORTED_PYDICOM_VERSIONS)
+
+
+def highdicom_supported() -> bool:
+    """Whether the installed highdicom is one of ``SUPPORTED_HIGHDICOM_VERSIONS``."""
+    return _supported("highdicom", SUPPORTED_HIGHDICOM_VERSIONS)
+
+
+def pynetdicom_supported() -> bool:
+    """Whether the installed pynetdicom is one of ``SUPPORTED_PYNETDICOM_VERSIONS``."""
+    return _supported("pynetdicom", SUPPORTED_PYNETDICOM_VERSIONS)
+
+
+def kombu_supported() -> bool:
+    """Whether the installed kombu is one of ``SUPPORTED_KOMBU_VERSIONS``."""
+    return _supported("kombu", SUPPORTED_KOMBU_VERSIONS)
+
+
+# --- pydicom: the fast Part 10 writer (workers.encode.part10) ---------------------------------
+
+
+def fast_part10_writer() -> bool:
+    """Whether :func:`workers.encode.part10.to_part10` may write the bytes itself.
+
+    Why: ``Dataset.save_as`` spends ~20 us per element in generic machinery, and ambiguous-VR
+    correction runs again for every nested item (quadratic in the depth of an SR tree); our SRs
+    carry ~2000 elements (pydicom#512 and #605 track write speed; nothing there makes it fast
+    enough). The writer's contract is "the bytes ``dcmwrite`` writes", which it reproduces by
+    mirroring pydicom 3.0's ``write_dataset`` decisions, so it runs only on the series it was
+    checked against. Fallback: ``dcmwrite`` itself.
+    """
+    return pydicom_supported()
+
+
+def written_character_set(dataset: Dataset) -> Any:
+    """``Dataset._character_set`` (pydicom 3.0): the encodings the dataset's text is written in,
+    its own (0008,0005) or else the one its parent passed down (``_parent_encoding``, set by
+    pydicom when it reads or nests the dataset; see pydicom#2078). ``write_dataset`` compares it
+    with ``original_character_set`` to decide whether raw elements must be re-encoded; the fast
+    writer makes the same decision. Only called when :func:`fast_part10_writer` is true.
+    """
+    return dataset._character_set
+
+
+# --- pydicom + highdicom: fast deep copies (workers.encode.copies) ----------------------------
+
+
+def fast_copies() -> bool:
+    """Whether :func:`clone` copies pydicom objects through their internal state.
+
+    Why: ``copy.deepcopy`` of a Dataset costs ~30 us per element; the SR encoder copies
+    templates highdicom built once (TID 1500 trees, equipment items) for every document. No
+    public pydicom or highdicom copy is faster (highdicom#207 added ``copy=False`` to the
+    ``from_dataset`` methods only). The fast copy knows pydicom 3.0's attribute layout
+    (``_dict``, ``_value``, ``_list``, ``_private_blocks``, the pixel caches) and highdicom
+    0.28's ``ContentSequence._lut`` name index. Fallback: ``copy.deepcopy``, then the UID
+    replacement done with the public API.
+    """
+    return pydicom_supported() and highdicom_supported()
+
+
+_NO_UIDS: Mapping[str, str] = {}
+
+
+def clone(dataset: D, uids: Mapping[str, str] = _NO_UIDS) -> D:
+    """A deep copy of ``dataset`` whose UI values found in ``uids`` are replaced by their
+    mapping (set through pydicom, so converted and validated as when the template was built).
+
+    The fast copy shares immutable values and highdicom ``CodedConcept`` items (code triples,
+    PS3.3 8.8, never changed once made, which highdicom itself shares between the items that
+    use a concept) and keeps every object's class, a ``ContentSequence``'s root / SR flags and
+    its index by concept name.
+    """
+    if fast_copies():
+        return _fast_copier().dataset(dataset, uids)
+    result = copy.deepcopy(dataset)
+    if uids:
+        _replace_uids(result, uids)
+    return result
+
+
+def clone_element(element: DataElement, uids: Mapping[str, str] = _NO_UIDS) -> DataElement:
+    """A deep copy of one data element (see :func:`clone`)."""
+    if fast_copies():
+        result = _fast_copier().element(element, uids)
+    else:
+        result = copy.deepcopy(element)
+        if uids:
+            _replace_uid(result, uids)
+    assert isinstance(result, DataElement)
+    return result
+
+
+def _replace_uids(dataset: Dataset, uids: Mapping[str, str]) -> None:
+    """Public-API UID replacement, depth first; raw (never decoded) elements stay as they are,
+    as in the fast copy."""
+    for element in dataset.values():
+        if isinstance(element, DataElement):
+            _replace_uid(element, uids)
+
+
+def _replace_uid(element: DataElement, uids: Mapping[str, str]) -> None:
+    value = element.value
+    if element.VR == "SQ":
+        for item in value or ():
+            _replace_uids(item, uids)
+    elif element.VR == "UI":
+        if isinstance(value, str):
+            if value in uids:
+                element.value = uids[value]
+        elif isinstance(value, MultiValue) and any(item in uids for item in value):
+            element.value = [uids.get(item, item) for item in value]
+
+
+_IMMUTABLE = (
+    str,
+    bytes,
+    int,
+    float,
+    decimal.Decimal,
+    PersonName,
+    datetime.date,
+    datetime.time,
+    type(None),
+)
+"""Value types that are never changed in place (UID, DS, IS, DA, TM and DT derive from them)."""
+_IMMUTABLE_TYPES = frozenset(
+    {str, bytes, int, float, type(None), UID, DSfloat, IS, PersonName, DA, TM, DT}
+)
+"""The common ones, for a quick exact-type test."""
+_PER_DATASET_DICTS = ("_pixel_array_opts", "_pixel_id")
+
+
+class _FastCopier:
+    """Copies through pydicom 3.0's and highdicom 0.28's internal state (see fast_copies)."""
+
+    def __init__(self, coded_concept: type, sequence_types: frozenset[type]) -> None:
+        self.coded_concept = coded_concept
+        self.sequence_types = sequence_types
+
+    def dataset(self, dataset: D, uids: Mapping[str, str]) -> D:
+        if type(dataset) is self.coded_concept:
+            return dataset
+        state = dataset.__dict__
+        if state.get("_private_blocks") or state.get("_pixel_array") is not None:
+            return copy.deepcopy(dataset)  # private blocks and decoded pixels hold references
+        result = object.__new__(type(dataset))
+        new_state = state.copy()
+        for key in _PER_DATASET_DICTS:
+            if key in new_state:
+                new_state[key] = new_state[key].copy()
+        new_state["_private_blocks"] = {}
+        if "file_meta" in new_state:
+            new_state["file_meta"] = self.dataset(new_state["file_meta"], _NO_UIDS)
+        element = self.element
+        new_state["_dict"] = {tag: element(elem, uids) for tag, elem in state["_dict"].items()}
+        result.__dict__.update(new_state)
+        return result
+
+    def element(self, element: Any, uids: Mapping[str, str]) -> Any:
+        if type(element) is not DataElement:
+            if isinstance(element, RawDataElement):
+                return element  # a named tuple of bytes: immutable
+            return copy.deepcopy(element)
+        result = object.__new__(DataElement)
+        result.__dict__.update(element.__dict__)
+        value = element._value
+        kind = type(value)
+        if kind in _IMMUTABLE_TYPES or isinstance(value, _IMMUTABLE):
+            if uids and element.VR == "UI" and isinstance(value, str) and value in uids:
+                result.value = uids[value]
+        elif kind in self.sequence_types or isinstance(value, Sequence):
+            result._value = self.sequence(value, uids)
+        elif isinstance(value, MultiValue):
+            if uids and element.VR == "UI" and any(item in uids for item in value):
+                result.value = [uids.get(item, item) for item in value]
+            else:
+                values = object.__new__(kind)
+                values.__dict__.update(value.__dict__)
+                values._list = list(value._list)
+                result._value = values
+        else:
+            result._value = copy.deepcopy(value)
+        return result
+
+    def sequence(self, sequence: Sequence, uids: Mapping[str, str]) -> Sequence:
+        result = object.__new__(type(sequence))
+        result.__dict__.update(sequence.__dict__)
+        items = [self.dataset(item, uids) for item in sequence._list]
+        result._list = items
+        lookup = sequence.__dict__.get("_lut")
+        if lookup is not None:
+            # highdicom's ContentSequence indexes its items by concept name: index the copies.
+            copies = {id(old): new for old, new in zip(sequence._list, items, strict=True)}
+            index = lookup.copy()
+            for name, members in lookup.items():
+                index[name] = [copies[id(m)] for m in members if id(m) in copies]
+            result.__dict__["_lut"] = index
+        return result
+
+
+@functools.cache
+def _fast_copier() -> _FastCopier:
+    from highdicom.sr import CodedConcept, ContentSequence
+
+    return _FastCopier(CodedConcept, frozenset({Sequence, ContentSequence}))
+
+
+# --- highdicom: SR documents without re-parsing their content (workers.encode.sr) ----------
+
+
+def sr_templates() -> bool:
+    """Whether workers.encode.sr may build TID 1500 trees from copies of templates.
+
+    Why: highdicom validates every content item it makes (~560 items took 0.3 s per
+    document). The templates are trees highdicom built once, with placeholders, and the code
+    that fills them in knows where highdicom 0.28 puts each value (and how its NumContentItem
+    and CodeContentItem set them); copies come from :func:`clone`. Fallback: highdicom builds
+    every tree itself.
+    """
+    return highdicom_supported() and pydicom_supported()
+
+
+def build_sr(sr_class: Callable[..., D], content: Dataset, **arguments: Any) -> D:
+    """``sr_class(content=content, **arguments)`` (a highdicom SR document class), without
+    highdicom's copy of the content tree.
+
+    Why: highdicom 0.28's ``_SR.__init__`` deep-copies the whole tree, parses the copy back
+    into content items (``ContentItem._from_dataset_derived``) for its ``content`` property,
+    then puts the *original* tree's elements into the document; for our trees that cost more
+    than everything else together, and no argument skips it. Here the constructor gets the
+    root without its children (evidence is taken from ``evidence`` the same way), then the
+    root's elements are set as the constructor sets them and the private ``_content`` (what
+    ``content`` returns) is the tree itself, which must consist of highdicom content items
+    already. Fallback: the constructor with the whole tree (tests/unit/test_encode_sr.py and
+    test_compat.py check that both give the same document).
+    """
+    if not highdicom_supported():
+        return sr_class(content=content, **arguments)
+    from highdicom.sr import ContentSequence
+
+    root = content[0] if isinstance(content, Sequence) else content
+    stub = Dataset()
+    for element in root:
+        if element.keyword != "ContentSequence":
+            stub.add(element)
+    stub.ContentSequence = []
+    document = sr_class(content=stub, **arguments)
+    for element in root:
+        document[element.tag] = element
+    document._content = ContentSequence([root], is_root=True)  # type: ignore[list-item]
+    return document
+
+
+# --- pynetdicom -------------------------------------------------------------------------------
+
+
+def enable_chunked_store_receive() -> None:
+    """Receive C-STORE data sets as Part 10 files, never whole in memory.
+
+    ``pynetdicom._config`` is private by name but is pynetdicom's documented configuration
+    module ("Configuration Options (pynetdicom._config)", STORE_RECV_CHUNKED_DATASET, added in
+    2.0): the public API, so no version guard. The file is made by ``NamedTemporaryFile`` in
+    the default temporary folder (see :mod:`cxr_node.dicom.receive`).
+    """
+    from pynetdicom import _config
+
+    if not hasattr(_config, "STORE_RECV_CHUNKED_DATASET"):
+        raise RuntimeError("this pynetdicom has no STORE_RECV_CHUNKED_DATASET option")
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def enable_chunked_store_send() -> None:
+    """Send a Part 10 file given by path as its bytes, without decoding it
+    (``pynetdicom._config.STORE_SEND_CHUNKED_DATASET``, documented like the receive option).
+    Without the option pynetdicom reads the file and sends the decoded data set: still correct.
+    """
+    from pynetdicom import _config
+
+    if hasattr(_config, "STORE_SEND_CHUNKED_DATASET"):
+        _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def install_pynetdicom_socket_close_fix() -> bool:
+    """Make ``AssociationSocket`` close its descriptor even when ``shutdown()`` fails.
+
+    Why: pynetdicom 3.0's ``AssociationSocket._shutdown_socket`` calls ``shutdown()`` then
+    ``close()`` in one ``try``; ``shutdown()`` raises on a socket that never connected (a
+    refused connection, a failed TLS handshake) or whose peer is gone, so ``close()`` is
+    skipped and the descriptor waits for the garbage collector (a ResourceWarning; under load,
+    descriptors run out). Upstream: pydicom/pynetdicom#979 (sockets left open after an abort),
+    fixed in part by pynetdicom#999, which left ``_shutdown_socket`` as it was in 3.0.4.
+    Fallback: pynetdicom's own method. Idempotent; returns whether the fix is in place.
+    """
+    if not pynetdicom_supported():
+        return False
+    from pynetdicom.transport import AssociationSocket
+
+    current = AssociationSocket.__dict__.get("_shutdown_socket")
+    if current is _shutdown_and_close:
+        return True
+    if current is None:
+        return False
+    _REPLACED["pynetdicom AssociationSocket._shutdown_socket"] = current
+    AssociationSocket._shutdown_socket = _shutdown_and_close  # type: ignore[method-assign]
+    return True
+
+
+_REPLACED: dict[str, Any] = {}
+"""What an installed workaround replaced, by name (for the tests of the fallback)."""
+
+
+def _shutdown_and_close(self: Any) -> None:
+    """Shut the socket down if it can be, and close it in every case."""
+    sock = self.socket
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+# --- kombu ------------------------------------------------------------------------------------
+
+
+def embedded_filesystem_transport() -> type[Any]:
+    """The kombu transport class of the embedded queue (:mod:`cxr_node.embedded_transport`).
+
+    Why: kombu's ``filesystem`` transport creates a message file under its final name and
+    then writes it, while a consumer in another process renames and reads any file with that
+    name as soon as it lists the folder: it can read an empty or partial message, fail to
+    decode it and drop it (the ledger recovers such a study, but only after
+    ``RESEND_QUEUED_AFTER_SECONDS``). The workaround overrides the private ``Channel._put`` to
+    write under a name no consumer takes (``.part`` after the queue suffix) and rename into
+    place, which POSIX makes atomic. kombu has no public hook for how messages are written.
+    Fallback: kombu's own transport (messages may be lost to the race; the ledger re-sends).
+    """
+    from kombu.transport import filesystem
+
+    if not kombu_supported():
+        return filesystem.Transport
+    return _atomic_filesystem_transport()
+
+
+@functools.cache
+def _atomic_filesystem_transport() -> type[Any]:
+    from kombu.transport import filesystem
+    from kombu.utils.encoding import str_to_bytes
+    from kombu.utils.json import dumps
+
+    class AtomicChannel(filesystem.Channel):
+        """File-system channel whose messages appear whole or not at all."""
+
+        def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
+            name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
+            final = os.path.join(self.data_folder_out, name)
+            partial = final + ".part"  # not "<queue>.msg": consumers skip it
+            try:
+                with open(partial, "wb") as stream:
+                    stream.write(str_to_bytes(dumps(payload)))
+                os.replace(partial, final)
+            except OSError as exc:
+                raise filesystem.ChannelError(f"Cannot add a message to {queue!r}") from exc
+
+    class Transport(filesystem.Transport):
+        """Kombu's file-system transport, writing each message whole."""
+
+        Channel = AtomicChannel
+
+    return Transport
+
+
+def install_kombu_redis_reconnect_guard() -> bool:
+    """Make a kombu Redis channel whose connection was closed raise a connection error (which
+    Celery retries) instead of ``AttributeError`` (which stops the worker).
+
+    Why: ``kombu.Connection.collect()`` and ``.close()`` set ``transport.client`` to None, and
+    ``Transport.close_channel`` sets each closed channel's ``connection`` to None. After Redis
+    restarts, Celery collects the broken connection and then closes its consumers' channels
+    and acknowledges finished messages; a channel that has to make a new connection pool
+    then (its pool was dropped: restoring unacknowledged messages at close, an ack) calls
+    ``Channel._connparams``, which reads ``self.connection.client.hostname`` and raises
+    ``AttributeError: 'NoneType' object has no attribute 'hostname'`` (or ``'client'``).
+    ``ignore_errors`` and the consumer's retry loop only catch the transport's connection and
+    channel errors, so Celery logs "Unrecoverable error" and the worker exits. Upstream:
+    celery/kombu#582 ("Error on restarting Gossip", the same traceback), closed without a fix;
+    ``_connparams`` still reads it unguarded in 5.7. The guard raises redis-py's
+    ``ConnectionError`` there (one of the transport's ``connection_errors``), so the close is
+    ignored, the ack is logged as failed (the message comes back after the visibility
+    timeout; the ledger's claim keeps it from being analysed twice) and the consumer
+    reconnects. Fallback: kombu's own method. Idempotent; returns whether the guard is in place.
+    """
+    if not kombu_supported():
+        return False
+    try:
+        from kombu.transport import redis as kombu_redis
+    except ImportError:
+        return False
+    channel_class = kombu_redis.Channel
+    original = channel_class.__dict__.get("_connparams")
+    if original is None or kombu_redis.redis is None:
+        return False
+    if getattr(original, "cxr_reconnect_guard", False):
+        return True
+    connection_error = kombu_redis.get_redis_ConnectionError()
+
+    @functools.wraps(original)
+    def _connparams(self: Any, *args: Any, **kwargs: Any) -> Any:
+        transport = self.connection
+        if transport is None or transport.client is None:
+            raise connection_error("kombu Redis channel used after its connection was closed")
+        return original(self, *args, **kwargs)
+
+    _connparams.cxr_reconnect_guard = True  # type: ignore[attr-defined]
+    channel_class._connparams = _connparams  # type: ignore[method-assign]
+    return True
