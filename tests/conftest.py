@@ -175,3 +175,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
     if postgres_problem.cache_info().currsize and postgres_problem():
         terminalreporter.write_sep("!", str(postgres_problem()), red=True, bold=True)
+
+
+@pytest.fixture(autouse=True)
+def _restore_temp_folder() -> Iterator[None]:
+    """A listener started in-process points ``tempfile.tempdir`` at its spool (see
+    ``cxr_node.dicom.receive``): put it back after each test."""
+    import tempfile
+
+    saved = tempfile.tempdir
+    yield
+    tempfile.tempdir = saved
