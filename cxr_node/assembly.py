@@ -34,7 +34,9 @@ RESEND_QUEUED_AFTER_SECONDS = 300.0
 """The last resort: a job queued this long is sent again whatever the broker says."""
 RECOVERY_INTERVAL_SECONDS = 5.0
 SWEEP_INTERVAL_SECONDS = 5.0
-RESUBMIT_AFTER_SECONDS = 30.0
+RESUBMIT_AFTER_SECONDS = 10.0
+"""A destination or notice job is sent again this long after the last one while its work is
+still due (a delayed retry message may have died with its delivery worker)."""
 LOST_JOB_GRACE_SECONDS = 10.0
 """A queued job the broker does not hold is lost after this long (publishing takes less)."""
 WORKER_SILENT_SECONDS = 20.0
