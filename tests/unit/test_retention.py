@@ -40,19 +40,7 @@ def study(ledger: Ledger, spool: Spool, uid: str, destinations: list[str]) -> Pa
     """A study with one image on disk, analysed, with one result file."""
     image = spool.instance_path(uid, f"{uid}.1")
     spool.write_atomically(image, [b"image"])
-    ledger.record_instance(
-        study_key=uid,
-        study_uid=uid,
-        sop_instance_uid=f"{uid}.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        path=spool.relative(image),
-        size=5,
-        eligible=True,
-        reason_code=None,
-        reason=None,
-        calling_ae="MODALITY",
-        destinations=destinations,
-    )
+    record_only(ledger, spool, uid, image, destinations)
     ledger.mark_queued(uid)
     token = ledger.claim(uid, 30)
     result = spool.result_path(uid, f"{uid}.9")
@@ -112,19 +100,22 @@ def test_below_the_watermark_the_oldest_finished_go_first(
     assert not old.exists() and new.exists() and unfinished.exists()
 
 
-def record_only(ledger: Ledger, spool: Spool, uid: str, image: Path) -> None:
+def record_only(
+    ledger: Ledger, spool: Spool, uid: str, image: Path, destinations: list[str] | None = None
+) -> None:
+    """The instance is on disk and in the ledger (the study RECEIVED)."""
     ledger.record_instance(
         study_key=uid,
         study_uid=uid,
         sop_instance_uid=f"{uid}.1",
         sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
         path=spool.relative(image),
-        size=1,
+        size=image.stat().st_size,
         eligible=True,
         reason_code=None,
         reason=None,
         calling_ae="MODALITY",
-        destinations=[],
+        destinations=destinations or [],
     )
 
 
