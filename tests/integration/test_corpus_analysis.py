@@ -15,6 +15,8 @@ from workers.offline import read_source
 pytestmark = pytest.mark.integration
 
 
+# CPU-heavy (every case analysed in-process too): room for a loaded 2-core machine.
+@pytest.mark.timeout(900)
 def test_every_frontal_chest_file_is_analysed(corpus: Path, analyzer: Analyzer) -> None:
     rows = inventory(corpus, "CHEST-FRONTAL (accept")
     assert len(rows) >= 60

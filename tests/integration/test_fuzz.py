@@ -170,6 +170,8 @@ def _cases(
     return cases
 
 
+# CPU-heavy (every case analysed in-process too): room for a loaded 2-core machine.
+@pytest.mark.timeout(900)
 def test_mutated_radiographs_get_an_answer_and_break_nothing(
     corpus: Path, quiet_node: NodeProcess, models_dir: Path, tmp_path: Path
 ) -> None:
