@@ -8,6 +8,7 @@ reference; that wrapper is written to ``--out`` beside them.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,18 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from cxr_node.errors import RejectedInput
+from cxr_node.logs import traceback_frames
 from cxr_node.settings import Settings
 from workers.analysis import Analyzer
 from workers.results import encode_results, write_plain
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+INTERNAL_ERROR = "INTERNAL_ERROR"
+"""Reason code of a file whose analysis raised an exception we did not expect (a bug): it is
+logged with its traceback frames (never its message, which may quote header values)."""
+
+log = logging.getLogger(__name__)
 
 
 def image_to_dataset(path: Path) -> Dataset:
@@ -69,25 +77,32 @@ def read_source(path: Path) -> Dataset:
 def analyze_files(
     settings: Settings, files: list[Path], as_json: bool, out_dir: Path | None
 ) -> int:
-    """Analyse each file; print findings (or JSON); write SR and SC to ``out_dir``."""
+    """Analyse each file; print findings (or JSON); write SR and SC to ``out_dir``.
+
+    Each file gets its own entry, analysed or refused (``error``/``reason_code`` and
+    ``reason``): one file's failure, even an unexpected exception, never costs the others.
+    Exit status 1 only when no file at all was analysed.
+    """
     analyzer = Analyzer(settings)
     reports: list[dict[str, Any]] = []
     failures = 0
-    for path in files:
+    for index, path in enumerate(files):
         try:
-            source = read_source(path)
-            analysed = analyzer.analyse(source)
+            report = _analyze_one(analyzer, path, out_dir)
         except RejectedInput as exc:
+            report = _refusal(path, exc.reason_code, exc.reason)
+        except Exception as exc:  # one file's bug must not cost the others
+            log.error(
+                "file %d of %d: unexpected error, not analysed: %s",
+                index + 1,
+                len(files),
+                traceback_frames(exc),
+            )
+            report = _refusal(
+                path, INTERNAL_ERROR, f"internal error while analysing ({type(exc).__name__})"
+            )
+        if "error" in report:
             failures += 1
-            reports.append({"file": str(path), "error": exc.reason_code, "reason": exc.reason})
-            continue
-        report: dict[str, Any] = {"file": str(path), **analysed.analysis.model_dump(mode="json")}
-        if out_dir is not None:
-            written = []
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                written.append(write_plain(out_dir, source))
-            written += [write_plain(out_dir, ds) for _, ds in encode_results(source, analysed)]
-            report["written"] = [str(p) for p in written]
         reports.append(report)
     if as_json:
         print(json.dumps(reports if len(reports) != 1 else reports[0], indent=2))
@@ -95,6 +110,26 @@ def analyze_files(
         for report in reports:
             _print_human(report)
     return 1 if failures == len(files) else 0
+
+
+def _refusal(path: Path, reason_code: str, reason: str) -> dict[str, Any]:
+    return {"file": str(path), "error": reason_code, "reason_code": reason_code, "reason": reason}
+
+
+def _analyze_one(analyzer: Analyzer, path: Path, out_dir: Path | None) -> dict[str, Any]:
+    """One file's report; with ``out_dir``, its results are all encoded before any is written,
+    so an encoder failure refuses the file rather than leaving half its outputs."""
+    source = read_source(path)
+    analysed = analyzer.analyse(source)
+    report: dict[str, Any] = {"file": str(path), **analysed.analysis.model_dump(mode="json")}
+    if out_dir is not None:
+        results = encode_results(source, analysed)
+        written = []
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            written.append(write_plain(out_dir, source))
+        written += [write_plain(out_dir, ds) for _, ds in results]
+        report["written"] = [str(p) for p in written]
+    return report
 
 
 def _print_human(report: dict[str, Any]) -> None:

@@ -7,13 +7,19 @@ The result is a float32 image in [0, 1] where bright means dense, in source geom
 
 from __future__ import annotations
 
+import math
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from cxr_node.errors import RejectedInput
+
+BAD_PIXEL_MODULE = "BAD_PIXEL_MODULE"
+"""Reason code: an Image Pixel / Modality LUT attribute the pipeline needs is missing, not a
+number where one is expected, multi-valued, or out of its range (PS3.3 C.7.6.3, C.11.1)."""
 
 
 @dataclass(frozen=True)
@@ -23,6 +29,252 @@ class SquareBox:
     x0: int
     y0: int
     side: int
+
+
+@dataclass(frozen=True)
+class Lut:
+    """A validated LUT (PS3.3 C.11.1.1.1): input ``first`` maps to ``table[0]``; inputs below and
+    above the table map to its first and last entries."""
+
+    first: int
+    table: np.ndarray
+
+    def apply(self, values: np.ndarray) -> np.ndarray:
+        index = np.clip(np.rint(values) - self.first, 0, len(self.table) - 1).astype(np.int64)
+        return self.table[index]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A validated window: finite centre, width >= 1 (LINEAR) or > 0 (LINEAR_EXACT, SIGMOID)."""
+
+    center: float
+    width: float
+
+    def apply(self, values: np.ndarray, function: str) -> np.ndarray:
+        """The VOI function of PS3.3 C.11.2.1.2 with output range [0, 1]."""
+        x = values.astype(np.float64, copy=False)
+        c, w = self.center, self.width
+        if function == "SIGMOID":
+            return np.asarray(1.0 / (1.0 + np.exp(-4.0 * (x - c) / w)))
+        if function == "LINEAR_EXACT":
+            return np.asarray(np.clip((x - c) / w + 0.5, 0.0, 1.0))
+        if w == 1:  # the linear function's limit: a step at c - 0.5
+            return np.asarray((x > c - 0.5).astype(np.float64))
+        return np.asarray(np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class PixelHeader:
+    """The Image Pixel, Modality LUT and VOI LUT attributes the pipeline uses, read once and
+    validated (:func:`read_pixel_header`). Required attributes that are invalid refuse the image
+    (``BAD_PIXEL_MODULE``); optional ones that are invalid (a window of width 0, a LUT whose
+    descriptor does not match its data, 32-bit LUT entries) are left out, so the pipeline falls
+    back to the next VOI, then to the percentile window."""
+
+    photometric: str
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    high_bit: int
+    pixel_representation: int
+    rescale_slope: float
+    rescale_intercept: float
+    modality_lut: Lut | None
+    voi_luts: tuple[Lut, ...]
+    windows: tuple[Window, ...]
+    voi_function: str
+    presentation_lut_shape: str
+
+
+class _Invalid(Exception):
+    """An attribute value that is not valid for what the pipeline needs."""
+
+
+def _values(dataset: Dataset, keyword: str) -> list[Any] | None:
+    """The element's values as a list (None when absent or empty); _Invalid if unreadable."""
+    if keyword not in dataset:
+        return None
+    try:
+        value = dataset[keyword].value
+    except Exception:  # pydicom raises for values it cannot convert (text in DS, bad lengths)
+        raise _Invalid(keyword) from None
+    if value is None or value == "" or (isinstance(value, bytes) and not value):
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        raise _Invalid(keyword)  # numbers left undecoded (UN, wrong length)
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value]
+
+
+def _number(value: Any, keyword: str, integer: bool = False) -> float:
+    """One value as a finite number; text that is a number is accepted, anything else not."""
+    if isinstance(value, bool):
+        raise _Invalid(keyword)
+    try:
+        number = float(str(value).strip()) if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        raise _Invalid(keyword) from None
+    if not math.isfinite(number) or (integer and number != int(number)):
+        raise _Invalid(keyword)
+    return number
+
+
+def _single_int(
+    dataset: Dataset, keyword: str, allowed: range | frozenset[int], default: int | None = None
+) -> int:
+    values = _values(dataset, keyword)
+    if values is None:
+        if default is None:
+            raise _Invalid(keyword)
+        return default
+    if len(values) != 1:
+        raise _Invalid(keyword)
+    number = int(_number(values[0], keyword, integer=True))
+    if number not in allowed:
+        raise _Invalid(keyword)
+    return number
+
+
+def _single_float(dataset: Dataset, keyword: str, default: float) -> float:
+    values = _values(dataset, keyword)
+    if values is None:
+        return default
+    if len(values) != 1:
+        raise _Invalid(keyword)
+    return _number(values[0], keyword)
+
+
+LUT_DEPTHS = frozenset({8, *range(10, 17)})
+"""Bits per LUT entry allowed (PS3.3 C.11.1.1.1, C.11.2.1.1): 8 or 10-16; never 32."""
+
+
+def _lut(item: Dataset, little_endian: bool) -> Lut | None:
+    """A LUT item validated, or None when its descriptor and data do not agree."""
+    try:
+        descriptor = _values(item, "LUTDescriptor")
+        if descriptor is None or len(descriptor) != 3:
+            return None
+        entries, first, depth = (int(_number(v, "LUTDescriptor", integer=True)) for v in descriptor)
+        entries = entries or 65536
+        if depth not in LUT_DEPTHS or not 0 < entries <= 65536:
+            return None
+        if "LUTData" not in item:
+            return None
+        data = item["LUTData"].value
+        if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words whatever the depth
+            if len(data) != 2 * entries:
+                return None
+            table = np.array(struct.unpack(f"{'<' if little_endian else '>'}{entries}H", data))
+        else:
+            listed = data if isinstance(data, (list, tuple)) or hasattr(data, "__len__") else [data]
+            if len(listed) != entries:
+                return None
+            table = np.array([int(_number(v, "LUTData", integer=True)) for v in listed])
+    except (_Invalid, TypeError, ValueError, struct.error, OverflowError):
+        return None
+    except Exception:  # pydicom raising while converting a value: as invalid
+        return None
+    if table.min() < 0 or table.max() >= 2**depth:
+        return None
+    return Lut(first=first, table=table.astype(np.float64))
+
+
+def _luts(dataset: Dataset, keyword: str, little_endian: bool) -> list[Lut]:
+    try:
+        items = list(dataset.get(keyword) or [])
+    except Exception:
+        return []
+    luts = [_lut(item, little_endian) for item in items if isinstance(item, Dataset)]
+    return [lut for lut in luts if lut is not None]
+
+
+def _windows(dataset: Dataset, function: str) -> list[Window]:
+    """The windows whose centre and width are both valid numbers, in their order."""
+    try:
+        centers = _values(dataset, "WindowCenter") or []
+        widths = _values(dataset, "WindowWidth") or []
+    except _Invalid:
+        return []
+    windows = []
+    for center, width in zip(centers, widths, strict=False):
+        try:
+            window = Window(_number(center, "WindowCenter"), _number(width, "WindowWidth"))
+        except _Invalid:
+            continue
+        if window.width >= 1 or (function != "LINEAR" and window.width > 0):
+            windows.append(window)
+    return windows
+
+
+def _text(dataset: Dataset, keyword: str, default: str) -> str:
+    try:
+        value = dataset.get(keyword, default)
+    except Exception:
+        return default
+    if not isinstance(value, str):
+        return default if value is None or value == "" else "?"
+    return value.strip().upper() or default
+
+
+def _little_endian(dataset: Dataset) -> bool:
+    meta = getattr(dataset, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    try:
+        return syntax is None or bool(syntax.is_little_endian)
+    except Exception:
+        return True
+
+
+def read_pixel_header(dataset: Dataset) -> PixelHeader:
+    """The pixel attributes, validated once: RejectedInput(BAD_PIXEL_MODULE) names the first
+    required attribute that is missing or invalid (no header value is quoted)."""
+    try:
+        bits_allocated = _single_int(dataset, "BitsAllocated", frozenset({8, 16, 32}))
+        bits_stored = _single_int(dataset, "BitsStored", range(1, bits_allocated + 1))
+        high_bit = _single_int(
+            dataset, "HighBit", range(bits_stored - 1, bits_allocated), default=bits_stored - 1
+        )
+        header = PixelHeader(
+            photometric=_text(dataset, "PhotometricInterpretation", "MONOCHROME2"),
+            rows=_single_int(dataset, "Rows", range(1, 65536)),
+            columns=_single_int(dataset, "Columns", range(1, 65536)),
+            samples_per_pixel=_single_int(dataset, "SamplesPerPixel", frozenset({1, 3}), default=1),
+            bits_allocated=bits_allocated,
+            bits_stored=bits_stored,
+            high_bit=high_bit,
+            pixel_representation=_single_int(
+                dataset, "PixelRepresentation", frozenset({0, 1}), default=0
+            ),
+            rescale_slope=_single_float(dataset, "RescaleSlope", 1.0),
+            rescale_intercept=_single_float(dataset, "RescaleIntercept", 0.0),
+            modality_lut=next(
+                iter(_luts(dataset, "ModalityLUTSequence", _little_endian(dataset))), None
+            ),
+            voi_luts=tuple(_luts(dataset, "VOILUTSequence", _little_endian(dataset))),
+            windows=(),
+            voi_function=_text(dataset, "VOILUTFunction", "LINEAR"),
+            presentation_lut_shape=_text(dataset, "PresentationLUTShape", "IDENTITY"),
+        )
+    except _Invalid as exc:
+        raise RejectedInput(
+            BAD_PIXEL_MODULE, f"{exc.args[0]} is missing or invalid for its use (PS3.3 C.7.6.3)"
+        ) from None
+    if header.rescale_slope == 0:
+        raise RejectedInput(BAD_PIXEL_MODULE, "RescaleSlope is 0: every pixel would be equal")
+    function = header.voi_function
+    if function not in {"LINEAR", "LINEAR_EXACT", "SIGMOID"}:
+        function = "LINEAR"  # an unknown VOI LUT Function: the default (PS3.3 C.11.2.1.3)
+    return PixelHeader(
+        **{
+            **header.__dict__,
+            "voi_function": function,
+            "windows": tuple(_windows(dataset, function)),
+        }
+    )
 
 
 def decode(dataset: Dataset) -> np.ndarray:
@@ -35,7 +287,8 @@ def decode(dataset: Dataset) -> np.ndarray:
         raise RejectedInput(
             "UNDECODABLE", f"pixel data cannot be decoded ({type(exc).__name__})"
         ) from None
-    if pixels.ndim == 4 or (pixels.ndim == 3 and int(dataset.get("SamplesPerPixel", 1)) == 1):
+    samples = read_pixel_header(dataset).samples_per_pixel
+    if pixels.ndim == 4 or (pixels.ndim == 3 and samples == 1):
         raise RejectedInput("MULTI_FRAME", "multi-frame images are not analysed")
     return np.asarray(pixels)
 
@@ -92,26 +345,51 @@ SUPPORTED_PHOTOMETRIC = frozenset(
 )
 
 
+def modality_values(pixels: np.ndarray, header: PixelHeader) -> np.ndarray:
+    """Modality LUT (PS3.3 C.11.1): the LUT sequence when valid, else the rescale."""
+    if header.modality_lut is not None:
+        return header.modality_lut.apply(pixels)
+    values = pixels.astype(np.float64)
+    if header.rescale_slope != 1.0 or header.rescale_intercept != 0.0:
+        values = values * header.rescale_slope + header.rescale_intercept
+    return values
+
+
+def voi_values(values: np.ndarray, header: PixelHeader) -> np.ndarray:
+    """VOI (PS3.3 C.11.2): the first valid VOI LUT, else the first valid window, else the
+    0.5-99.5 percentile window. Invalid ones were left out by :func:`read_pixel_header`."""
+    if header.voi_luts:
+        return header.voi_luts[0].apply(values)
+    if header.windows:
+        return header.windows[0].apply(values, header.voi_function)
+    return percentile_window(values)
+
+
 def displayed_image(dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS) -> np.ndarray:
     """The image as a reader sees it: float32 [0, 1], bright = dense, source geometry."""
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    header = read_pixel_header(dataset)
+    photometric = header.photometric
     if photometric not in SUPPORTED_PHOTOMETRIC:
         # PALETTE COLOR indices, for instance, are not intensities.
-        raise RejectedInput("PHOTOMETRIC", f"unsupported photometric interpretation {photometric}")
+        raise RejectedInput("PHOTOMETRIC", "unsupported photometric interpretation")
     pixels = to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
     check_plausible_radiograph(pixels, min_grey_levels)
     if photometric.startswith("MONOCHROME"):
-        values = apply_modality_lut(pixels, dataset)
-        has_voi = "VOILUTSequence" in dataset or "WindowCenter" in dataset
-        values = apply_voi_lut(values, dataset, index=0) if has_voi else percentile_window(values)
+        values = voi_values(modality_values(pixels, header), header)
     else:
         values = pixels
     image = normalise(values)
-    if is_inverted(dataset):
+    if _inverted(header):
         image = 1.0 - image
     return image
+
+
+def _inverted(header: PixelHeader) -> bool:
+    return header.photometric == "MONOCHROME1" or (
+        header.photometric == "MONOCHROME2" and header.presentation_lut_shape == "INVERSE"
+    )
 
 
 def is_inverted(dataset: Dataset) -> bool:
@@ -120,8 +398,8 @@ def is_inverted(dataset: Dataset) -> bool:
     PS3.3 C.8.11.6.1.2: for MONOCHROME1 the DX IODs *require* INVERSE, which describes the same
     single inversion, so MONOCHROME1 + INVERSE is inverted once, not twice.
     """
-    photometric = str(dataset.get("PhotometricInterpretation", "")).strip().upper()
-    shape = str(dataset.get("PresentationLUTShape", "")).strip().upper()
+    photometric = _text(dataset, "PhotometricInterpretation", "")
+    shape = _text(dataset, "PresentationLUTShape", "")
     return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
 
 

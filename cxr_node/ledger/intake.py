@@ -10,12 +10,21 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from cxr_node.ledger.base import LedgerBase
-from cxr_node.ledger.rows import StudyAttributes, StudyRow, study_row
+from cxr_node.ledger.rows import (
+    PATIENT_CONFLICT,
+    PatientConflict,
+    StudyAttributes,
+    StudyRow,
+    study_row,
+)
 from cxr_node.ledger.schema import instances, studies, study_attributes, workers
 from cxr_node.ledger.transitions import StudyState, move_study, note
 
 S = StudyState
 _REOPENED_BY_AN_IMAGE = (S.DELIVERED, S.NOT_ELIGIBLE, S.FAILED, S.ANALYSED)
+_PATIENT_IDENTITY = ("patient_id", "patient_name", "patient_birth_date")
+"""What says whose image it is. A value missing on either side is unknown, not different."""
+_PATIENT_CONFLICT_DETAIL = f"{PATIENT_CONFLICT}: instance refused"
 
 
 class IntakeLedger(LedgerBase):
@@ -37,15 +46,24 @@ class IntakeLedger(LedgerBase):
         destinations: list[str],
         sha256: str | None = None,
         attributes: StudyAttributes | None = None,
-    ) -> bool:
+    ) -> bool | PatientConflict:
         """Record a spooled instance; return False when the instance was already known with the
         same content. Known with other content (a corrected image), it replaces the old row and
         the study is assembled again. ``attributes`` are kept from the study's first instance
-        (and filled in where it lacked them)."""
+        (and filled in where it lacked them).
 
-        def attempt() -> bool:
+        Refused, in the same transaction, when the study, or the SOP Instance UID in any study,
+        is known for another patient (:meth:`patient_conflict`): nothing is replaced or merged,
+        the known study gets a ``PATIENT_CONFLICT`` event row, and a :class:`PatientConflict`
+        comes back."""
+
+        def attempt() -> bool | PatientConflict:
             now = self.now()
             with self._begin() as db:
+                conflict = self._patient_conflict(db, study_key, sop_instance_uid, attributes)
+                if conflict is not None:
+                    self._note_patient_conflict(db, now, conflict.study_key)
+                    return conflict
                 known = self._instance_digest(db, study_key, sop_instance_uid)
                 if known is not None and (sha256 is None or known == sha256):
                     return False
@@ -121,6 +139,68 @@ class IntakeLedger(LedgerBase):
             # Another association stored the same instance (or study) between our check and our
             # insert; the second attempt sees its row.
             return attempt()
+
+    def patient_conflict(
+        self, study_key: str, sop_instance_uid: str, attributes: StudyAttributes | None
+    ) -> PatientConflict | None:
+        """Whether an instance would be refused for another patient (see
+        :meth:`record_instance`, which checks again atomically and records the conflict)."""
+        with self._begin() as db:
+            conflict = self._patient_conflict(db, study_key, sop_instance_uid, attributes)
+            if conflict is not None:
+                self._note_patient_conflict(db, self.now(), conflict.study_key)
+            return conflict
+
+    def record_patient_conflict(self, study_key: str) -> bool:
+        """An event row on a known study: an instance was refused for another patient (detail
+        ``PATIENT_CONFLICT: instance refused``, no patient data). False if the study is unknown."""
+        with self._begin() as db:
+            return self._note_patient_conflict(db, self.now(), study_key)
+
+    @staticmethod
+    def _note_patient_conflict(db: Connection, now: float, study_key: str) -> bool:
+        state = db.execute(
+            sa.select(studies.c.state).where(studies.c.study_key == study_key)
+        ).scalar()
+        if state is None:
+            return False
+        note(db, now, study_key, S(state), _PATIENT_CONFLICT_DETAIL)
+        return True
+
+    @staticmethod
+    def _patient_conflict(
+        db: Connection,
+        study_key: str,
+        sop_instance_uid: str,
+        attributes: StudyAttributes | None,
+    ) -> PatientConflict | None:
+        if attributes is None:
+            return None
+        incoming = {key: getattr(attributes, key) for key in _PATIENT_IDENTITY}
+        if all(value in (None, "") for value in incoming.values()):
+            return None
+        columns = [study_attributes.c[key] for key in _PATIENT_IDENTITY]
+        known = db.execute(
+            sa.select(*columns).where(study_attributes.c.study_key == study_key)
+        ).first()
+        if known is not None and _other_patient(incoming, known._mapping):
+            return PatientConflict(study_key=study_key, known_as="Study Instance")
+        elsewhere = db.execute(
+            sa.select(study_attributes.c.study_key, *columns)
+            .select_from(
+                instances.join(
+                    study_attributes, study_attributes.c.study_key == instances.c.study_key
+                )
+            )
+            .where(
+                instances.c.sop_instance_uid == sop_instance_uid,
+                instances.c.study_key != study_key,
+            )
+        ).all()
+        for row in elsewhere:
+            if _other_patient(incoming, row._mapping):
+                return PatientConflict(study_key=row.study_key, known_as="SOP Instance")
+        return None
 
     @staticmethod
     def _keep_attributes(
@@ -300,3 +380,14 @@ class IntakeLedger(LedgerBase):
                     .where(studies.c.state == S.QUEUED)
                 ).scalar_one()
             )
+
+
+def _other_patient(incoming: dict[str, str | None], known: Any) -> bool:
+    """Whether two patient identities differ in a value both know (missing: unknown)."""
+    for key in _PATIENT_IDENTITY:
+        ours, theirs = incoming.get(key), known[key]
+        if ours in (None, "") or theirs in (None, ""):
+            continue
+        if str(ours).strip() != str(theirs).strip():
+            return True
+    return False

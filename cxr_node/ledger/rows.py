@@ -183,3 +183,18 @@ def delivery_row(row: Any) -> DeliveryRow:
         created_at=row.created_at if row.created_at is not None else row.updated_at,
         next_attempt_at=row.next_attempt_at,
     )
+
+
+PATIENT_CONFLICT = "PATIENT_CONFLICT"
+"""Reason code: an instance refused because its UIDs are known here for another patient."""
+
+
+@dataclass(frozen=True)
+class PatientConflict:
+    """``record_instance`` refused an instance: its Study Instance UID (``known_as`` "Study
+    Instance") or its SOP Instance UID ("SOP Instance") is known for another patient. Nothing
+    was replaced or merged; ``study_key`` is the known study, which holds the event row."""
+
+    study_key: str
+    known_as: str
+    reason_code: str = PATIENT_CONFLICT

@@ -9,6 +9,7 @@ import highdicom as hd
 import pydicom
 import pydicom.config
 import pydicom.datadict
+import pydicom.tag
 import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
@@ -17,7 +18,7 @@ from pydicom.uid import generate_uid
 
 from cxr_node.jobs import CodedConcept as JobCode
 from cxr_node.jobs import ImageAnalysis, Priority, Region
-from tests.dicom_checks import dciodvfy, dsrdump
+from tests.dicom_checks import dciodvfy, dciodvfy_errors, dsrdump
 from tests.unit._synthetic import (
     corpus_file,
     make_analysis,
@@ -274,7 +275,7 @@ def test_sloppy_dates_and_times_do_not_stop_the_report(tmp_path: Path) -> None:
         ("StudyDate", "DA", "1970"),
         ("StudyTime", "TM", "10:11:12"),
     ):
-        tag = pydicom.datadict.tag_for_keyword(keyword)
+        tag = pydicom.tag.Tag(keyword)
         source[tag] = pydicom.DataElement(tag, vr, value, validation_mode=pydicom.config.IGNORE)
     sr = _build(source, make_analysis(source.SOPInstanceUID, demo=True))
     assert sr.PatientBirthDate == ""
@@ -388,3 +389,111 @@ def test_document_is_the_one_highdicom_builds_from_the_whole_tree(source: pydico
             mine.ContributionDateTime = theirs.ContributionDateTime
     assert _encoded(sr) == _encoded(reference)
     assert _encoded(sr.content[0]) == _encoded(reference.content[0])
+
+
+# --- hostile source values: never copied invalid into our results ------------------------------
+
+
+def _raw_value(ds: pydicom.Dataset, keyword: str, vr: str, value: bytes) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+HOSTILE_VALUES: dict[str, list[tuple[str, str, bytes]]] = {
+    "2MB-patient-name": [("PatientName", "PN", b"A" * 2_000_000)],
+    "control-chars-in-PN": [("PatientName", "PN", b"DOE\x01\x07^JOHN")],
+    "control-chars-in-LO": [("StudyDescription", "LO", b"CHEST\x00\x1bXX")],
+    "long-PN": [("ReferringPhysicianName", "PN", b"X" * 500)],
+    "multi-valued-SH": [("AccessionNumber", "SH", b"A1\\A2")],
+    "multi-valued-LO": [("PatientID", "LO", b"P1\\P2")],
+    "multi-valued-CS": [("PatientSex", "CS", b"M\\F ")],
+    "65-char-UID": [("FrameOfReferenceUID", "UI", b"1." * 40 + b"1\x00")],
+    "aux-UID": [("FrameOfReferenceUID", "UI", b"aux.1\x00")],
+    "bad-CS": [("BodyPartExamined", "CS", b"chest\x01")],
+    "bad-orientation": [("PatientOrientation", "CS", b"l\\F\\X\x01")],
+    "charset-empty": [("SpecificCharacterSet", "CS", b"")],
+    "charset-IR149-no-escape": [
+        ("SpecificCharacterSet", "CS", b"ISO 2022 IR 149"),
+        ("PatientName", "PN", b"\xc8\xab^\xb1\xe6"),
+    ],
+    "charset-multi-without-extensions": [
+        ("SpecificCharacterSet", "CS", b"ISO_IR 100\\ISO_IR 144"),
+        ("PatientName", "PN", b"M\xfcller^\xe9"),
+    ],
+    "charset-unknown": [
+        ("SpecificCharacterSet", "CS", b"KLINGON"),
+        ("PatientName", "PN", b"M\xfcller^J"),
+    ],
+}
+
+
+def _hostile_source(values: list[tuple[str, str, bytes]]) -> pydicom.Dataset:
+    import io
+
+    ds = make_dx_chest()
+    for keyword, vr, raw in values:
+        _raw_value(ds, keyword, vr, raw)
+    ds.add_new(0x00091010, "UN", b"\x01\x02\x03\x04")  # a private tag of unknown VR
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+@pytest.fixture
+def pydicom_quiet() -> Iterator[None]:
+    """As in production (cxr_node.logs): pydicom's warnings about invalid values are dropped."""
+    import warnings
+
+    from cxr_node.logs import quiet_pydicom_warnings
+
+    with warnings.catch_warnings():
+        quiet_pydicom_warnings()
+        yield
+
+
+@pytest.mark.usefixtures("pydicom_quiet")
+@pytest.mark.parametrize("case", list(HOSTILE_VALUES))
+def test_invalid_source_values_are_left_out_of_sr_and_sc(case: str, tmp_path: Path) -> None:
+    import numpy as np
+
+    from workers.encode.sc import build_heatmap_sc
+
+    source = _hostile_source(HOSTILE_VALUES[case])
+    analysis = make_analysis(str(source.SOPInstanceUID), demo=True)
+    sr = _build(source, analysis)
+    display = np.tile(np.arange(256, dtype=np.uint8), (256, 1))
+    sc = build_heatmap_sc(
+        source,
+        display,
+        None,
+        analysis,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=902,
+    )
+    for name, result in (("sr", sr), ("sc", sc)):
+        assert result.SpecificCharacterSet == "ISO_IR 192"
+        path = tmp_path / f"{name}.dcm"
+        result.save_as(path, enforce_file_format=True)
+        assert dciodvfy_errors(path) == [], (case, name)
+
+
+@pytest.mark.parametrize(
+    ("keyword", "raw", "code"),
+    [
+        ("StudyInstanceUID", b"aux.1\x00", "INVALID_STUDY_UID"),
+        ("StudyInstanceUID", b"1." * 40 + b"1\x00", "INVALID_STUDY_UID"),
+        ("SeriesInstanceUID", b"1.2.3\\1.2.4\x00", "INVALID_SOURCE_UID"),
+    ],
+)
+@pytest.mark.usefixtures("pydicom_quiet")
+def test_invalid_identity_uid_refuses_the_result(keyword: str, raw: bytes, code: str) -> None:
+    from cxr_node.errors import RejectedInput
+
+    source = _hostile_source([(keyword, "UI", raw)])
+    with pytest.raises(RejectedInput) as caught:
+        _build(source, make_analysis(str(source.SOPInstanceUID), demo=True))
+    assert caught.value.reason_code == code

@@ -185,7 +185,7 @@ def test_is_inverted(photometric: str, shape: str | None, inverted: bool) -> Non
 
 @pytest.mark.parametrize("window", [{}, {"WindowCenter": 100, "WindowWidth": 50}])
 def test_constant_image_is_refused(window: dict[str, int]) -> None:
-    ds = make_image(np.full((64, 64), 1234, dtype=np.uint16), **window)
+    ds = make_image(np.full((64, 64), 1234, dtype=np.uint16), "MONOCHROME2", **window)
     with pytest.raises(RejectedInput) as raised:
         displayed_image(ds)
     assert raised.value.reason_code == "CONSTANT_IMAGE"
@@ -395,3 +395,170 @@ def test_the_corpus_test_pattern_is_refused() -> None:
     with pytest.raises(RejectedInput) as caught:
         pixels.displayed_image(dataset)
     assert caught.value.reason_code == "TOO_FEW_GREY_LEVELS"
+
+
+# --- hostile headers: fall back where a sensible reading exists, else BAD_PIXEL_MODULE ----------
+
+
+def _raw(ds: Dataset, keyword: str, vr: str, value: bytes) -> Dataset:
+    """Put ``value`` into ``keyword`` undecoded, as a file read from disk would hold it."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag = Tag(keyword)
+    ds[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+    return ds
+
+
+def _lut_item(descriptor: list[int], data: list[int] | bytes) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor = descriptor
+    if isinstance(data, bytes):
+        item.add_new("LUTData", "OW", data)
+    else:
+        item.LUTData = data
+    return item
+
+
+def _percentile_only() -> np.ndarray:
+    return displayed_image(make_image(chest_like()))
+
+
+@pytest.mark.parametrize("width", [0, -10, -0.5])
+def test_window_width_below_1_falls_back_to_the_percentile_window(width: float) -> None:
+    image = displayed_image(make_image(chest_like(), WindowCenter=2048, WindowWidth=width))
+    np.testing.assert_allclose(image, _percentile_only(), atol=1e-6)
+
+
+def test_an_invalid_first_window_falls_back_to_the_next() -> None:
+    stored = ramp()
+    image = displayed_image(make_image(stored, WindowCenter=[20, 60], WindowWidth=[0, 40]))
+    np.testing.assert_allclose(image, linear_window(stored.astype(float), 60, 40), atol=1e-5)
+
+
+def test_window_centre_as_text_falls_back_to_the_percentile_window() -> None:
+    ds = _raw(make_image(chest_like(), WindowWidth=400), "WindowCenter", "DS", b"LUNG")
+    np.testing.assert_allclose(displayed_image(ds), _percentile_only(), atol=1e-6)
+
+
+def test_voi_lut_whose_descriptor_does_not_match_its_data_falls_back_to_the_window() -> None:
+    stored = ramp()
+    windowed = displayed_image(make_image(stored, WindowCenter=50, WindowWidth=21))
+    short = make_image(stored, WindowCenter=50, WindowWidth=21)
+    short.VOILUTSequence = [_lut_item([4096, 0, 16], list(range(209)))]
+    np.testing.assert_allclose(displayed_image(short), windowed, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        _lut_item([4096, 0, 32], list(range(4096))),  # 32-bit entries
+        _lut_item([4096, 0, 0], list(range(4096))),  # depth 0 ("uint0")
+        _lut_item([4096, 0, 16], bytes(1000)),  # OW shorter than the descriptor says
+        _lut_item([4096, 0], list(range(4096))),  # descriptor of two values
+    ],
+    ids=["32-bit", "depth-0", "short-OW", "short-descriptor"],
+)
+def test_invalid_voi_lut_falls_back_to_the_percentile_window(item: Dataset) -> None:
+    ds = make_image(chest_like())
+    ds.VOILUTSequence = [item]
+    np.testing.assert_allclose(displayed_image(ds), _percentile_only(), atol=1e-6)
+
+
+def test_valid_ow_voi_lut_is_applied() -> None:
+    table = np.array([0] * 2000 + [65535] * 2096, dtype="<u2")
+    ds = make_image(chest_like())
+    ds.VOILUTSequence = [_lut_item([4096, 0, 16], table.tobytes())]
+    np.testing.assert_array_equal(displayed_image(ds), (chest_like() >= 2000).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    "item",
+    [_lut_item([4096, 0, 16], list(range(209))), _lut_item([4096, 0, 32], list(range(4096)))],
+    ids=["short", "32-bit"],
+)
+def test_invalid_modality_lut_falls_back_to_the_rescale(item: Dataset) -> None:
+    stored = chest_like()
+    plain = displayed_image(make_image(stored, RescaleSlope=-1, RescaleIntercept=MAX_12_BIT))
+    ds = make_image(stored, RescaleSlope=-1, RescaleIntercept=MAX_12_BIT)
+    ds.ModalityLUTSequence = [item]
+    np.testing.assert_allclose(displayed_image(ds), plain, atol=1e-6)
+
+
+def test_valid_modality_lut_sequence_is_applied() -> None:
+    stored = ramp()
+    ds = make_image(stored)
+    ds.ModalityLUTSequence = [_lut_item([100, 0, 16], [99 - i for i in range(100)])]
+    np.testing.assert_allclose(
+        displayed_image(ds), 1.0 - displayed_image(make_image(stored)), atol=1e-6
+    )
+
+
+def _bad_module(ds: Dataset, attribute: str) -> None:
+    with pytest.raises(RejectedInput) as caught:
+        displayed_image(ds)
+    assert caught.value.reason_code == pixels.BAD_PIXEL_MODULE
+    assert attribute in caught.value.reason
+
+
+@pytest.mark.parametrize(
+    ("attributes", "named"),
+    [
+        ({"BitsStored": 17}, "BitsStored"),  # more bits stored than allocated
+        ({"BitsStored": 0}, "BitsStored"),
+        ({"HighBit": 16}, "HighBit"),  # overflows the allocated bits
+        ({"BitsAllocated": 12}, "BitsAllocated"),
+        ({"BitsAllocated": 0}, "BitsAllocated"),  # the "uint0" of NumPy 1
+        ({"PixelRepresentation": 2}, "PixelRepresentation"),
+        ({"SamplesPerPixel": 2}, "SamplesPerPixel"),
+        ({"Rows": 0}, "Rows"),
+        ({"RescaleSlope": [1, 2]}, "RescaleSlope"),  # multi-valued where one is allowed
+    ],
+)
+def test_invalid_pixel_module_values_are_refused(attributes: dict[str, object], named: str) -> None:
+    _bad_module(make_image(chest_like(), "MONOCHROME2", **attributes), named)
+
+
+def test_uint8_overflowing_bit_depths_are_refused() -> None:
+    ds = make_image(chest_like().astype(np.uint8), BitsAllocated=8, BitsStored=9, HighBit=8)
+    _bad_module(ds, "BitsStored")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "vr", "raw"),
+    [
+        ("Rows", "US", b"\x60\x00\x00"),  # 3 bytes: BytesLengthException in pydicom
+        ("Columns", "US", b""),  # empty: int(None)
+        ("RescaleSlope", "DS", b"ONE "),  # text where a number is expected
+        ("RescaleIntercept", "DS", b"1e999 "),  # not finite
+        ("BitsStored", "US", b"\x0c"),
+    ],
+)
+def test_text_where_numbers_are_expected_is_refused(keyword: str, vr: str, raw: bytes) -> None:
+    _bad_module(_raw(make_image(chest_like()), keyword, vr, raw), keyword)
+
+
+def test_missing_required_pixel_attribute_is_refused() -> None:
+    ds = make_image(chest_like())
+    del ds.BitsAllocated
+    _bad_module(ds, "BitsAllocated")
+
+
+def test_zero_rescale_slope_is_refused() -> None:
+    _bad_module(make_image(chest_like(), RescaleSlope=0), "RescaleSlope")
+
+
+def test_numbers_written_as_text_are_read() -> None:
+    ds = _raw(make_image(chest_like()), "RescaleSlope", "DS", b"1.0 ")
+    ds = _raw(ds, "WindowCenter", "DS", b"2048")
+    ds = _raw(ds, "WindowWidth", "DS", b"4096")
+    expected = displayed_image(make_image(chest_like(), WindowCenter=2048, WindowWidth=4096))
+    np.testing.assert_allclose(displayed_image(ds), expected, atol=1e-6)
+
+
+def test_pixel_header_is_a_typed_view() -> None:
+    header = pixels.read_pixel_header(
+        make_image(chest_like(), WindowCenter=[1, 2], WindowWidth=[0, 9])
+    )
+    assert (header.rows, header.columns, header.bits_stored) == (96, 80, 12)
+    assert header.windows == (pixels.Window(2.0, 9.0),)

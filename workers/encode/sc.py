@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_node.jobs import ImageAnalysis
 
+from .copies import clone
 from .sr import (
     AI_CONTRIBUTION,
     MANUFACTURER,
@@ -280,7 +281,9 @@ def _finish(
         sc.Laterality = ""  # Type 2C: whether the part is paired is unknown
     if orientation is None:
         value = source.get("PatientOrientation")
-        sc.PatientOrientation = list(value) if value else ""
+        letters = [str(v) for v in value] if value and not isinstance(value, str) else []
+        valid = len(letters) == 2 and all(v and set(v) <= set("LRAPHF") for v in letters)
+        sc.PatientOrientation = letters if valid else ""
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
     sc.DerivationDescription = "AI heatmap overlay with burned-in legend; not for diagnostic use"
@@ -303,13 +306,15 @@ def build_heatmap_sc(
     ``header``: ``header_view(source)`` when the caller has one to give away (the SC keeps
     its elements).
     """
-    if analysis.sop_instance_uid != source.SOPInstanceUID:
+    header = header if header is not None else header_view(source)
+    if analysis.sop_instance_uid != header.SOPInstanceUID:
         raise ValueError("analysis does not belong to the source image")
     heat = _check_inputs(source, display, heatmap)
     pixels = render(display, heat, analysis)
-    orientation = _orientation(source)
+    valid = clone(header)  # only values valid for their VR reach the SC (header is given away)
+    orientation = _orientation(valid)
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=header if header is not None else header_view(source),
+        ref_dataset=header,
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
@@ -328,6 +333,6 @@ def build_heatmap_sc(
         software_versions=analysis.model.version,
         contributing_equipment=[ai_equipment(analysis.model, AI_CONTRIBUTION)],
     )
-    _finish(sc, source, orientation)
+    _finish(sc, valid, orientation)
     restore_verbatim(sc, source)
     return sc

@@ -28,6 +28,7 @@ value, so they are used only with the highdicom series they were checked against
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -36,6 +37,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pydicom.config
+import pydicom.datadict
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
@@ -43,6 +45,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, DS, DT, TM, validate_value
 
 from cxr_node import compat
+from cxr_node.errors import RejectedInput
 from cxr_node.jobs import CodedConcept as JobCode
 from cxr_node.jobs import Finding, ImageAnalysis, ModelInfo, Priority, Region
 
@@ -603,17 +606,29 @@ def _explicit_name(value: object) -> str:
 
 
 def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
-    """The source without pixels, in the shape highdicom's constructors accept.
+    """The source without pixels, in the shape highdicom's constructors accept, holding only
+    values valid for their VR (:func:`keep_valid_values`), to be written as ISO_IR 192.
 
     highdicom reads Patient/Study attributes unconditionally, warns on one-component
     person names and rejects unknown sexes. Absent Type 2 attributes become empty
     (what the standard asks of the output); names and sex are only made acceptable
     here and written back verbatim by ``restore_verbatim``.
+
+    Text is decoded with the source's Specific Character Set; when that is empty, unknown (a
+    defined term misspelt, ``ISO 2022 IR 149`` without escapes) or multi-valued without code
+    extensions, pydicom's fallback applies (the first usable term, else ISO_IR 100 / Latin-1,
+    undecodable bytes replaced). The view is then UTF-8 (ISO_IR 192), which holds any decoded
+    text, so our results always declare a valid character set.
     """
     view = pydicom.Dataset()
     for element in source:
         if element.tag != 0x7FE00010 and element.tag.group != 0x0002:
-            view.add(clone_element(element))
+            try:
+                view.add(clone_element(element))
+            except Exception:  # a value pydicom cannot convert: not copied
+                continue
+    keep_valid_values(view)
+    view.SpecificCharacterSet = "ISO_IR 192"
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in view:
             setattr(view, keyword, None)
@@ -624,6 +639,84 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
         view.PatientSex = ""
     _blank_values_invalid_for_their_vr(view)
     return view
+
+
+UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_IDENTITY_UIDS = {
+    "StudyInstanceUID": "INVALID_STUDY_UID",
+    "SeriesInstanceUID": "INVALID_SOURCE_UID",
+    "SOPInstanceUID": "INVALID_SOURCE_UID",
+    "SOPClassUID": "INVALID_SOURCE_UID",
+}
+"""UIDs a result must reference as they are: invalid, the result cannot be made (the reason
+code); any other invalid UI value is left out of the results."""
+_MAX_CHARS = {"AE": 16, "AS": 4, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "PN": 64}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CS = re.compile(r"^[A-Z0-9 _]*$")
+
+
+def valid_uid(value: object) -> bool:
+    """A UID as PS3.5 9.1 allows: digits and dots, no empty component, at most 64 chars."""
+    return isinstance(value, str) and len(value) <= 64 and bool(UID_PATTERN.match(value))
+
+
+def valid_text(vr: str, value: object) -> bool:
+    """One string value fits its VR: length (per component group for PN), no control
+    characters (we write no escapes), CS in its repertoire."""
+    text = str(value)
+    limit = _MAX_CHARS.get(vr)
+    if vr == "PN":
+        groups = text.split("=")
+        return len(groups) <= 3 and all(len(g) <= 64 for g in groups) and not _CONTROL.search(text)
+    if vr in {"LT", "ST", "UT"}:
+        plain = text.translate({ord(c): None for c in "\r\n\t\f"})
+        return not _CONTROL.search(plain) and len(text) <= {"LT": 10240, "ST": 1024}.get(vr, 2**31)
+    if limit is not None and (len(text.strip(" ")) > limit or _CONTROL.search(text)):
+        return False
+    return not (vr == "CS" and not _CS.match(text))
+
+
+def _element_values(element: pydicom.DataElement) -> list[object]:
+    value = element.value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return list(value)
+    return [value]
+
+
+def keep_valid_values(view: pydicom.Dataset) -> None:
+    r"""Leave out of ``view`` (in place) the top-level values our results would copy invalid:
+    UIDs not matching ``^[0-9]+(\.[0-9]+)*$`` or over 64 characters, strings over their VR's
+    length or with control characters, several values where the dictionary allows one.
+    Required identity UIDs that are invalid raise RejectedInput (INVALID_STUDY_UID,
+    INVALID_SOURCE_UID): a result in a made-up study or about a made-up image would be false."""
+    for element in list(view):
+        if element.tag.is_private or element.VR in {"SQ", "UN"} or element.value is None:
+            if element.VR == "UN" or element.tag.is_private:
+                del view[element.tag]
+            continue
+        keyword = element.keyword
+        values = _element_values(element)
+        if element.VR == "UI":
+            if not all(valid_uid(v) for v in values) or (
+                keyword in _IDENTITY_UIDS and len(values) != 1
+            ):
+                if keyword in _IDENTITY_UIDS:
+                    raise RejectedInput(
+                        _IDENTITY_UIDS[keyword],
+                        f"the source's {keyword} is not a valid UID: no result can reference it",
+                    )
+                del view[element.tag]
+            continue
+        try:
+            single = pydicom.datadict.dictionary_VM(element.tag) == "1"
+        except KeyError:
+            single = False
+        if single and len(values) > 1:
+            element.value = ""
+            continue
+        checked = element.VR in _MAX_CHARS or element.VR in {"LT", "ST", "UT"}
+        if checked and not all(valid_text(element.VR, v) for v in values if v not in (None, "")):
+            element.value = ""
 
 
 _TEMPORAL_VRS = {"DA": DA, "TM": TM, "DT": DT}
@@ -653,8 +746,18 @@ def _blank_values_invalid_for_their_vr(view: pydicom.Dataset) -> None:
 def restore_verbatim(result: pydicom.Dataset, source: pydicom.Dataset) -> None:
     """Write the source's own person names and sex into the result (same Patient module)."""
     for keyword in _VERBATIM:
-        if keyword in source:
-            setattr(result, keyword, source[keyword].value)
+        if keyword not in source:
+            continue
+        try:
+            element = source[keyword]
+            values = _element_values(element)
+        except Exception:  # unreadable in the source: what header_view made of it stays
+            continue
+        if element.VR not in {"PN", "CS"} or isinstance(values[0], (bytes, bytearray)):
+            continue
+        if len(values) == 1 and all(valid_text(element.VR, v) for v in values if v):
+            value = values[0]
+            setattr(result, keyword, "" if value is None else str(value))
 
 
 def build_measurement_report(
@@ -673,15 +776,17 @@ def build_measurement_report(
     definitive report), UNVERIFIED (no clinician has verified it). ``header``:
     ``header_view(source)`` when the caller has one to give away (the SR keeps its elements).
     """
-    if analysis.sop_instance_uid != source.SOPInstanceUID:
+    header = header if header is not None else header_view(source)
+    if analysis.sop_instance_uid != header.SOPInstanceUID:
         raise ValueError("analysis does not belong to the source image")
+    valid = clone(header)  # only valid values reach the content (the header is given away)
     content: hd.sr.MeasurementReport | hd.sr.ContainerContentItem
     if compat.sr_templates():
-        content = _fast_report(source, analysis, sop_instance_uid)
+        content = _fast_report(valid, analysis, sop_instance_uid)
     else:
-        content = _report(source, analysis, sop_instance_uid)
+        content = _report(valid, analysis, sop_instance_uid)
     sr = comprehensive_sr(
-        [header if header is not None else header_view(source)],
+        [header],
         content,
         device=analysis.model,
         contribution=AI_CONTRIBUTION,
