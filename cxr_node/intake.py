@@ -87,8 +87,14 @@ def _text(dataset: Dataset, keyword: str) -> str:
 DEFAULT_RULES = EligibilityRules()
 
 
-def evaluate(dataset: Dataset, rules: EligibilityRules = DEFAULT_RULES) -> Decision:
-    """Decide from the header whether the frontal chest model should read this instance."""
+_PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def evaluate(
+    dataset: Dataset, rules: EligibilityRules = DEFAULT_RULES, has_pixel_data: bool | None = None
+) -> Decision:
+    """Decide from the header whether the frontal chest model should read this instance;
+    ``has_pixel_data`` when the header was read without its pixels (None: look in it)."""
     sop_class = dataset.get("SOPClassUID")
     if sop_class == DigitalXRayImageStorageForProcessing:
         return _refuse("FOR_PROCESSING", "DX For Processing images are not analysed")
@@ -118,7 +124,9 @@ def evaluate(dataset: Dataset, rules: EligibilityRules = DEFAULT_RULES) -> Decis
     if not view and not rules.allow_missing_view:
         return _refuse("VIEW", "view position is missing")
 
-    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+    if has_pixel_data is None:
+        has_pixel_data = any(keyword in dataset for keyword in _PIXEL_DATA_KEYWORDS)
+    if not has_pixel_data:
         return _refuse("NO_PIXEL_DATA", "the instance has no pixel data")
     rows, columns = dataset.get("Rows"), dataset.get("Columns")
     if not isinstance(rows, int) or not isinstance(columns, int):

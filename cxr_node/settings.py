@@ -113,7 +113,16 @@ class Settings(BaseSettings):
     tls: ListenerTls | None = Field(default=None, description="DICOM TLS on the listener")
     max_pdu: int = Field(default=262144, ge=0)
     max_associations: int = Field(default=16, ge=1, le=1000)
-    acse_timeout_seconds: float = Field(default=30.0, gt=0.0)
+    acse_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="a connection's A-ASSOCIATE-RQ must arrive whole within this (ARTIM timer)",
+    )
+    max_association_request_bytes: int = Field(
+        default=256 * 1024,
+        ge=4096,
+        description="longer A-ASSOCIATE-RQ (or other non-data) PDUs: the connection is aborted",
+    )
     dimse_timeout_seconds: float = Field(default=60.0, gt=0.0)
     network_timeout_seconds: float = Field(default=60.0, gt=0.0)
     max_instance_bytes: int = Field(

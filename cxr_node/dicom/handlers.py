@@ -6,22 +6,24 @@ raises: pynetdicom would answer 0xC211 and the sender would learn nothing (PS3.4
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
 import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
-
 from cxr_node import intake
 from cxr_node.dicom import status
 from cxr_node.dicom.attributes import read_study_attributes
+from cxr_node.dicom.header import Header, HeaderRefused, data_set_offset, open_header
+from cxr_node.dicom.receive import ReceiveLimits
 from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger
-from cxr_node.ledger.rows import PatientConflict
+from cxr_node.ledger.rows import PatientConflict, StudyAttributes
 from cxr_node.logs import traceback_frames
 from cxr_node.spool import Spool, log_ref, safe_key
 
@@ -122,6 +124,10 @@ def handle_echo(event: Any) -> int:
     return status.SUCCESS
 
 
+class _UnparsableHeader(Exception):
+    """pydicom could not read the header (the cause says why)."""
+
+
 class StoreHandler:
     """C-STORE SCP (PS3.4 Annex B): spool durably, record in the ledger, then answer."""
 
@@ -142,6 +148,10 @@ class StoreHandler:
         self._max_instance_bytes = max_instance_bytes
         self._rules = rules
         self.sessions = sessions
+        """Told which study each association sent, when a release should end a study."""
+        self.receive_limits = ReceiveLimits(max_instance_bytes, min_free_bytes, spool.free_bytes)
+        """Applied while data sets arrive (see :mod:`cxr_node.dicom.receive`)."""
+        self._instance_locks = [threading.Lock() for _ in range(64)]
         """Told which study each association sent, when a release should end a study."""
 
     def __call__(self, event: Any) -> int:
@@ -179,20 +189,46 @@ class StoreHandler:
         if received is None:
             log.warning("from %s: C-STORE request declares no data set: Cannot Understand", sender)
             return status.NO_DATA_SET
+        cut_short = self.receive_limits.refusal(received)
+        if cut_short:
+            log.warning("from %s: %s: Out of Resources", sender, cut_short)
+            return status.OUT_OF_RESOURCES
         try:
-            # Large values (the pixels) stay on disk: the header and the presence of Pixel
-            # Data are all the door needs; decoding is the worker's job.
-            dataset = dcmread(received, defer_size=_DEFER_VALUES_OVER_BYTES)
-            study_uid = str(dataset.get("StudyInstanceUID", "") or "").strip()
-            sop_uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
-            sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
-        except Exception as exc:
+            # Bounded: the header only (the pixels stay on disk), a deflated data set inflated
+            # to disk under max_instance_bytes (see cxr_node.dicom.header); decoding is the
+            # worker's job.
+            with contextlib.ExitStack() as stack:
+                try:
+                    header = stack.enter_context(open_header(received, self._max_instance_bytes))
+                except HeaderRefused:
+                    raise
+                except Exception as exc:
+                    raise _UnparsableHeader() from exc
+                return self._store_header(event, calling_ae, received, header)
+        except HeaderRefused as exc:
+            out_of_resources = exc.status == status.OUT_OF_RESOURCES
+            answer = "Out of Resources" if out_of_resources else "Cannot Understand"
+            log.warning("from %s: %s: %s", sender, exc.reason, answer)
+            return exc.status
+        except _UnparsableHeader as exc:
             log.warning(
                 "from %s: data set cannot be parsed (%s): Cannot Understand",
                 sender,
-                type(exc).__name__,
+                type(exc.__cause__).__name__,
             )
             return status.CANNOT_UNDERSTAND
+
+    def _store_header(self, event: Any, calling_ae: str, received: Path, header: Header) -> int:
+        sender = for_log(calling_ae)
+        dataset = header.dataset
+        try:
+            study_uid = str(dataset.get("StudyInstanceUID", "") or "").strip()
+            sop_uid = str(dataset.get("SOPInstanceUID", "") or "").strip()
+            sop_class = str(dataset.get("SOPClassUID", "") or "").strip()
+        except HeaderRefused:
+            raise
+        except Exception as exc:
+            raise _UnparsableHeader() from exc
 
         requested_class = str(event.request.AffectedSOPClassUID)
         problem = None
@@ -219,7 +255,7 @@ class StoreHandler:
             return status.OUT_OF_RESOURCES
 
         try:
-            decision = intake.evaluate(dataset, self._rules)
+            decision = intake.evaluate(dataset, self._rules, has_pixel_data=header.has_pixel_data)
         except Exception as exc:  # malformed values in the header
             decision = intake.Decision(
                 False, "BAD_HEADER", f"unreadable header ({type(exc).__name__})"
@@ -237,6 +273,40 @@ class StoreHandler:
             )
             return status.SUCCESS
         attributes = read_study_attributes(dataset)
+        with self._instance_lock(study_key, sop_uid):
+            return self._keep(
+                event,
+                calling_ae,
+                received,
+                (study_uid, sop_uid, sop_class),
+                decision,
+                attributes,
+                digest,
+            )
+
+    def _instance_lock(self, study_key: str, sop_uid: str) -> threading.Lock:
+        """One lock per spool file (striped): two associations sending the same UIDs at once
+        are taken one after the other, so the second's conflict check sees the first's row
+        before its file could replace the first's on disk (serve is one process: the lock
+        file sees to that)."""
+        digest = hashlib.blake2b(f"{study_key}/{sop_uid}".encode(), digest_size=2).digest()
+        return self._instance_locks[int.from_bytes(digest, "little") % len(self._instance_locks)]
+
+    def _keep(
+        self,
+        event: Any,
+        calling_ae: str,
+        received: Path,
+        uids: tuple[str, str, str],
+        decision: intake.Decision,
+        attributes: StudyAttributes,
+        digest: str,
+    ) -> int:
+        """Check for a patient conflict, move the file into the spool and record it; ``uids``
+        are the Study Instance, SOP Instance and SOP Class UIDs."""
+        sender = for_log(calling_ae)
+        study_uid, sop_uid, sop_class = uids
+        study_key = safe_key(study_uid)
         # Checked before the file is moved into place (the same UIDs name the same spool file:
         # patient A's image must not be overwritten), and again atomically when recorded.
         conflict = self._ledger.patient_conflict(study_key, sop_uid, attributes)
@@ -300,23 +370,10 @@ def conflict_keeps_other_file(conflict: PatientConflict, study_key: str) -> bool
 def data_set_digest(part10_file: Path) -> str:
     """SHA-256 of the data set of a Part 10 file, without its preamble and File Meta
     Information (PS3.10 7.1): the same content sent twice has the same digest."""
+    start = data_set_offset(part10_file)
     with part10_file.open("rb") as stream:
-        stream.seek(_PREAMBLE_AND_PREFIX)
-        group_length = stream.read(_GROUP_LENGTH_ELEMENT)
-        if group_length[:4] != b"\x02\x00\x00\x00" or len(group_length) != 12:
-            raise ValueError("File Meta Information Group Length missing")
-        stream.seek(_PREAMBLE_AND_PREFIX + _GROUP_LENGTH_ELEMENT + _uint32(group_length[8:]))
+        stream.seek(start)
         return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
-_DEFER_VALUES_OVER_BYTES = 4096
-_PREAMBLE_AND_PREFIX = 128 + 4
-_GROUP_LENGTH_ELEMENT = 12
-"""(0002,0000) UL, explicit VR little endian: tag 4, VR 2, length 2, value 4 (PS3.10 7.1)."""
-
-
-def _uint32(little_endian: bytes) -> int:
-    return int.from_bytes(little_endian, "little")
 
 
 def _received_file(event: Any) -> Path | None:

@@ -89,9 +89,26 @@ def _reject(association: Association, result: int, diagnostic: int) -> None:
     association.kill()
 
 
+class ListeningAE(AE):
+    """pynetdicom's AE, whose association limit counts only associations that have sent their
+    A-ASSOCIATE-RQ: a connection still waiting for one (at most the ACSE timeout) takes no
+    slot, so connections that never associate cannot lock real senders out (PS3.8 7.1.1.4
+    local-limit-exceeded is for associations)."""
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [
+            association
+            for association in super().active_associations
+            if not (association.is_acceptor and association.requestor.primitive is None)
+        ]
+
+
 def build_ae(settings: Settings) -> AE:
-    """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax."""
-    ae = AE(ae_title=settings.ae_title)
+    """An AE that accepts Verification and CR/DX/SC storage in every common transfer syntax.
+    Its ACSE timeout is the deadline for a connection's A-ASSOCIATE-RQ (the ARTIM timer,
+    PS3.8 9.1.5)."""
+    ae = ListeningAE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu
     ae.maximum_associations = settings.max_associations
     ae.network_timeout = settings.network_timeout_seconds
@@ -115,13 +132,21 @@ def start_server(
     """
     enable_chunked_receive(store_handler.receive_folder)
     compat.install_pynetdicom_socket_close_fix()
-    compat.install_dimse_request_guards()
     ae = build_ae(settings)
+    compat.install_front_door_limits(
+        ae,
+        max_request_bytes=settings.max_association_request_bytes,
+        max_pending=4 * settings.max_associations,
+        watch=store_handler.receive_limits,
+    )
     admit = AssociationGate(settings.ae_title, gate, tuple(settings.additional_ae_titles))
     handlers: list[Any] = [
         (evt.EVT_REQUESTED, admit),
         (evt.EVT_C_ECHO, handle_echo),
         (evt.EVT_C_STORE, store_handler),
+        (evt.EVT_ABORTED, compat.discard_partial_receives),
+        (evt.EVT_CONN_CLOSE, compat.discard_partial_receives),
+        (evt.EVT_RELEASED, compat.discard_partial_receives),
     ]
     sessions = store_handler.sessions
     if sessions is not None:

@@ -474,3 +474,24 @@ def test_no_guard_on_another_kombu(kombu_redis: Any, monkeypatch: pytest.MonkeyP
 def _ack(channel: Any) -> Any:
     """What Celery does with a message that finished after the connection went: ack it."""
     return lambda: channel.basic_ack("delivery-tag-1")
+
+
+# --- pynetdicom: the front door limits ------------------------------------------------------
+
+
+def test_front_door_limits_apply_only_on_the_supported_pynetdicom(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On another pynetdicom the AE keeps pynetdicom's own reading and waiting (the guards,
+    once installed in the process, pass such an AE through); tests/unit/test_front_door_limits
+    covers the guarded path."""
+    from pynetdicom import AE
+    from pynetdicom.dul import DULServiceProvider
+
+    guarded, other = AE(), AE()
+    assert compat.install_front_door_limits(guarded, max_request_bytes=4096, max_pending=4)
+    assert compat._LIMITS[guarded].max_request_bytes == 4096
+    assert DULServiceProvider._read_pdu_data is compat._read_pdu_data_guarded
+    _pretend_other_versions(monkeypatch)
+    assert not compat.install_front_door_limits(other, max_request_bytes=4096, max_pending=4)
+    assert other not in compat._LIMITS

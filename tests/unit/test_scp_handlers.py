@@ -60,6 +60,7 @@ class Node:
             max_instance_bytes=max_instance_bytes,
             sessions=self.sessions,
         )
+        self.handler = handler
         self.server = start_server(settings, handler, gate)
 
     def _route(self, calling_ae: str, address: str | None) -> list[str]:
