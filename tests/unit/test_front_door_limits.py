@@ -3,9 +3,9 @@ real loopback connections: bare TCP connections and slow senders do not hold ass
 slots, oversized PDUs are not read, data sets are bounded while they arrive (and when they
 inflate), and partial files go when their association ends."""
 
-
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import socket
@@ -29,6 +29,7 @@ from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from cxr_node.dicom import header, status
+from cxr_node.dicom.handlers import data_set_digest
 from cxr_node.dicom.header import HeaderRefused, data_set_offset, open_header
 from cxr_node.settings import load_settings
 from tests.conftest import free_port, wait_until
@@ -349,3 +350,49 @@ def test_the_header_reader_stops_before_the_pixels(tmp_path: Path) -> None:
     with open_header(path, None) as read:
         assert not read.has_pixel_data
     assert data_set_offset(path) == _offset(path.read_bytes())
+
+
+# --- racing senders ------------------------------------------------------------------------
+
+
+def test_two_patients_racing_with_the_same_uids_keep_the_first_file(
+    start: Callable[..., Node],
+) -> None:
+    """Two associations send patient A's and patient B's image under the same UIDs at once:
+    one is stored, the other refused, and the spool file is the one the ledger recorded."""
+    node = start()
+    for round_number in range(8):
+        first = make_cr_chest()
+        second = copy.deepcopy(first)
+        second.PatientID, second.PatientName = f"OTHER-{round_number}", "OTHER^PATIENT"
+        associations = [associate(node), associate(node)]
+        barrier = threading.Barrier(2)
+        answers: dict[str, int] = {}
+
+        def send(
+            name: str,
+            dataset: Dataset,
+            assoc: Any,
+            barrier: threading.Barrier = barrier,
+            answers: dict[str, int] = answers,
+        ) -> None:
+            barrier.wait()
+            answers[name] = _store_in(assoc, dataset)
+
+        threads = [
+            threading.Thread(target=send, args=(name, dataset, assoc))
+            for name, dataset, assoc in zip(("A", "B"), (first, second), associations, strict=True)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        for assoc in associations:
+            assoc.release()
+        assert sorted(answers.values()) == [status.SUCCESS, status.PATIENT_CONFLICT]
+        path = node.spool.instance_path(first.StudyInstanceUID, first.SOPInstanceUID)
+        kept = pydicom.dcmread(path)
+        winner = first if answers["A"] == status.SUCCESS else second
+        assert kept.PatientID == winner.PatientID
+        recorded = node.ledger.instance_digest(path.parent.name, str(first.SOPInstanceUID))
+        assert recorded == data_set_digest(path)
