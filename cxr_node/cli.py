@@ -1,10 +1,11 @@
 """The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status |
-reprocess | purge | db | aet."""
+conflicts | reprocess | purge | db | aet."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,22 @@ def _parser() -> argparse.ArgumentParser:
         "--patient", action="store_true", help="also show patient and study attributes"
     )
 
+    conflicts = commands.add_parser(
+        "conflicts",
+        help="instances refused because their Study or SOP Instance UID is known for another "
+        "patient (no patient data shown)",
+    )
+    _common(conflicts)
+    conflicts.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only those since: a duration back (30m, 24h, 7d) or an ISO 8601 date or time "
+        "(UTC unless it names its offset)",
+    )
+    conflicts.add_argument("--last", type=int, default=50, help="the newest N (default 50)")
+    conflicts.add_argument("--json", action="store_true")
+
     reprocess = commands.add_parser("reprocess", help="analyse a study again and resend results")
     _common(reprocess)
     reprocess.add_argument("study_uid", metavar="STUDY_UID")
@@ -145,6 +162,16 @@ def _parser() -> argparse.ArgumentParser:
     aet_remove.add_argument("ae_title", metavar="AE_TITLE")
     aet_remove.add_argument("--host")
     return parser
+
+
+def _since(text: str) -> float:
+    """``--since WHEN`` as epoch seconds (argparse's error, exit 2, when it is neither form)."""
+    from cxr_node.reports import parse_since
+
+    try:
+        return parse_since(text, time.time())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _SETTING_FLAGS = (
@@ -239,6 +266,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from cxr_node.reports import print_status
 
         return print_status(settings, args.study_uid, as_json=args.json, patient=args.patient)
+    if args.command == "conflicts":
+        from cxr_node.reports import print_conflicts
+
+        return print_conflicts(settings, since=args.since, last=args.last, as_json=args.json)
     if args.command == "reprocess":
         from cxr_node.reports import request_reprocess
 

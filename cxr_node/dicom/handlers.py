@@ -309,7 +309,9 @@ class StoreHandler:
         study_key = safe_key(study_uid)
         # Checked before the file is moved into place (the same UIDs name the same spool file:
         # patient A's image must not be overwritten), and again atomically when recorded.
-        conflict = self._ledger.patient_conflict(study_key, sop_uid, attributes)
+        conflict = self._ledger.patient_conflict(
+            study_key, sop_uid, attributes, calling_ae=calling_ae
+        )
         if conflict is not None:
             return self._refuse_patient_conflict(conflict, study_uid, sender)
         path = self._spool.instance_path(study_uid, sop_uid)

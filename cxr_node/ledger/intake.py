@@ -17,7 +17,13 @@ from cxr_node.ledger.rows import (
     StudyRow,
     study_row,
 )
-from cxr_node.ledger.schema import instances, studies, study_attributes, workers
+from cxr_node.ledger.schema import (
+    instances,
+    patient_conflicts,
+    studies,
+    study_attributes,
+    workers,
+)
 from cxr_node.ledger.transitions import StudyState, move_study, note
 
 S = StudyState
@@ -54,15 +60,23 @@ class IntakeLedger(LedgerBase):
 
         Refused, in the same transaction, when the study, or the SOP Instance UID in any study,
         is known for another patient (:meth:`patient_conflict`): nothing is replaced or merged,
-        the known study gets a ``PATIENT_CONFLICT`` event row, and a :class:`PatientConflict`
-        comes back."""
+        the known study gets a ``PATIENT_CONFLICT`` event row and a ``patient_conflicts`` row
+        (``calling_ae``, which UID, this SOP Instance UID; no patient data), and a
+        :class:`PatientConflict` comes back."""
 
         def attempt() -> bool | PatientConflict:
             now = self.now()
             with self._begin() as db:
                 conflict = self._patient_conflict(db, study_key, sop_instance_uid, attributes)
                 if conflict is not None:
-                    self._note_patient_conflict(db, now, conflict.study_key)
+                    self._note_patient_conflict(
+                        db,
+                        now,
+                        conflict.study_key,
+                        known_as=conflict.known_as,
+                        calling_ae=calling_ae,
+                        sop_instance_uid=sop_instance_uid,
+                    )
                     return conflict
                 known = self._instance_digest(db, study_key, sop_instance_uid)
                 if known is not None and (sha256 is None or known == sha256):
@@ -141,30 +155,78 @@ class IntakeLedger(LedgerBase):
             return attempt()
 
     def patient_conflict(
-        self, study_key: str, sop_instance_uid: str, attributes: StudyAttributes | None
+        self,
+        study_key: str,
+        sop_instance_uid: str,
+        attributes: StudyAttributes | None,
+        *,
+        calling_ae: str | None = None,
     ) -> PatientConflict | None:
         """Whether an instance would be refused for another patient (see
-        :meth:`record_instance`, which checks again atomically and records the conflict)."""
+        :meth:`record_instance`, which checks again atomically). A conflict is recorded here
+        too, with ``calling_ae`` (the sender's AE title) when given."""
         with self._begin() as db:
             conflict = self._patient_conflict(db, study_key, sop_instance_uid, attributes)
             if conflict is not None:
-                self._note_patient_conflict(db, self.now(), conflict.study_key)
+                self._note_patient_conflict(
+                    db,
+                    self.now(),
+                    conflict.study_key,
+                    known_as=conflict.known_as,
+                    calling_ae=calling_ae,
+                    sop_instance_uid=sop_instance_uid,
+                )
             return conflict
 
-    def record_patient_conflict(self, study_key: str) -> bool:
-        """An event row on a known study: an instance was refused for another patient (detail
-        ``PATIENT_CONFLICT: instance refused``, no patient data). False if the study is unknown."""
+    def record_patient_conflict(
+        self,
+        study_key: str,
+        *,
+        known_as: str | None = None,
+        calling_ae: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> bool:
+        """Record on a known study that an instance was refused for another patient: an event
+        row (detail ``PATIENT_CONFLICT: instance refused``) and a ``patient_conflicts`` row, no
+        patient data. False if the study is unknown."""
         with self._begin() as db:
-            return self._note_patient_conflict(db, self.now(), study_key)
+            return self._note_patient_conflict(
+                db,
+                self.now(),
+                study_key,
+                known_as=known_as,
+                calling_ae=calling_ae,
+                sop_instance_uid=sop_instance_uid,
+            )
 
     @staticmethod
-    def _note_patient_conflict(db: Connection, now: float, study_key: str) -> bool:
+    def _note_patient_conflict(
+        db: Connection,
+        now: float,
+        study_key: str,
+        *,
+        known_as: str | None = None,
+        calling_ae: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> bool:
+        """The event row and the ``patient_conflicts`` row of one refusal (UIDs and the AE
+        title only: the refused instance's patient values are never passed here)."""
         state = db.execute(
             sa.select(studies.c.state).where(studies.c.study_key == study_key)
         ).scalar()
         if state is None:
             return False
         note(db, now, study_key, S(state), _PATIENT_CONFLICT_DETAIL)
+        db.execute(
+            patient_conflicts.insert().values(
+                study_key=study_key,
+                at=now,
+                known_as=known_as,
+                reason_code=PATIENT_CONFLICT,
+                calling_ae=calling_ae or None,
+                sop_instance_uid=sop_instance_uid or None,
+            )
+        )
         return True
 
     @staticmethod

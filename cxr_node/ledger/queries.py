@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import fields
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from cxr_node.ledger.rows import (
     DeliveryRow,
     FindingRow,
     InstanceRow,
+    PatientConflictRow,
     ResultRow,
     StudyAttributes,
     StudyRow,
@@ -23,6 +25,7 @@ from cxr_node.ledger.schema import (
     events,
     findings,
     instances,
+    patient_conflicts,
     results,
     studies,
     study_attributes,
@@ -148,3 +151,52 @@ class QueriesLedger(LedgerBase):
                 sa.select(deliveries).where(deliveries.c.study_key == study_key)
             ).all()
         return {row.destination: delivery_row(row) for row in rows}
+
+    def patient_conflicts(
+        self,
+        *,
+        since: float | None = None,
+        study_key: str | None = None,
+        limit: int | None = None,
+    ) -> list[PatientConflictRow]:
+        """Instances refused for another patient, newest first: all, those at or after
+        ``since``, or those on one known study; at most ``limit``. No patient data."""
+        conflicts = patient_conflicts
+        query = sa.select(conflicts, studies.c.study_uid).select_from(
+            conflicts.outerjoin(studies, studies.c.study_key == conflicts.c.study_key)
+        )
+        if since is not None:
+            query = query.where(conflicts.c.at >= since)
+        if study_key is not None:
+            query = query.where(conflicts.c.study_key == study_key)
+        query = query.order_by(conflicts.c.at.desc(), conflicts.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._begin() as db:
+            rows = db.execute(query).all()
+        return [
+            PatientConflictRow(
+                at=row.at,
+                study_key=row.study_key,
+                study_uid=row.study_uid,
+                known_as=row.known_as,
+                reason_code=row.reason_code,
+                calling_ae=row.calling_ae,
+                sop_instance_uid=row.sop_instance_uid,
+            )
+            for row in rows
+        ]
+
+    def patient_conflict_counts(self, study_keys: Collection[str]) -> dict[str, int]:
+        """Known study -> how many instances were refused on it for another patient (studies
+        without any are left out)."""
+        keys = list(study_keys)
+        if not keys:
+            return {}
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(patient_conflicts.c.study_key, sa.func.count())
+                .where(patient_conflicts.c.study_key.in_(keys))
+                .group_by(patient_conflicts.c.study_key)
+            ).all()
+        return {row[0]: int(row[1]) for row in rows}

@@ -198,3 +198,18 @@ class PatientConflict:
     study_key: str
     known_as: str
     reason_code: str = PATIENT_CONFLICT
+
+
+@dataclass(frozen=True)
+class PatientConflictRow:
+    """One refused instance as the ledger recorded it (no patient data): when, the calling AE
+    title, which of its UIDs was known for another patient (``known_as``), the known study and
+    the refused SOP Instance UID. None where a conflict recorded before 0003 did not say."""
+
+    at: float
+    study_key: str
+    study_uid: str | None
+    known_as: str | None
+    reason_code: str
+    calling_ae: str | None
+    sop_instance_uid: str | None

@@ -167,3 +167,20 @@ workers = sa.Table(
     sa.Column("heartbeat_at", sa.Float, nullable=False),
 )
 """Live worker processes and their heartbeats (since 0002): a silent worker is gone."""
+
+patient_conflicts = sa.Table(
+    "patient_conflicts",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("study_key", sa.String(80), nullable=False, index=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("known_as", sa.String(20)),
+    sa.Column("reason_code", sa.String(40), nullable=False),
+    sa.Column("calling_ae", sa.String(16)),
+    sa.Column("sop_instance_uid", sa.String(64)),
+)
+"""Instances refused for another patient (since 0003): per refusal, the known study (which also
+holds a ``PATIENT_CONFLICT`` event row), which UID of the instance is known here for another
+patient (``known_as``: "Study Instance" or "SOP Instance"), the calling AE title and the refused
+SOP Instance UID. No patient data: the refused instance's patient values are never kept. Rows
+copied from older event rows lack ``known_as``, ``calling_ae`` and ``sop_instance_uid``."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cxr_node.ledger import Ledger
+from cxr_node.ledger.rows import PatientConflict, StudyAttributes
 from tests.conftest import REPO, free_port, node_env
 from tests.dicom_checks import dciodvfy_errors
 from tests.integration.node import NodeProcess
@@ -96,3 +98,50 @@ def test_analyze_png_and_undecodable_file(tmp_path: Path, models_dir: Path, corp
     assert len(reports[0]["written"]) == 3  # the wrapped source, the SR and the SC
     for path in reports[0]["written"]:
         assert dciodvfy_errors(Path(path)) == [], path
+
+
+def _instance(ledger: Ledger, sop: str, patient: StudyAttributes, calling_ae: str) -> object:
+    return ledger.record_instance(
+        study_key="1.2.9",
+        study_uid="1.2.9",
+        sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        path=f"1.2.9/{sop}.dcm",
+        size=10,
+        eligible=True,
+        reason_code=None,
+        reason=None,
+        calling_ae=calling_ae,
+        destinations=[],
+        sha256=sop,
+        attributes=patient,
+    )
+
+
+def test_conflicts_lists_refused_instances_without_patient_data(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{(tmp_path / 'ledger.sqlite').resolve()}")
+    try:
+        first = StudyAttributes(patient_id="PID-ALPHA", patient_name="ALPHA^ANNA")
+        other = StudyAttributes(patient_id="PID-BETA", patient_name="BETA^BERT")
+        assert _instance(ledger, "1.2.9.1", first, "WARD_CR") is True
+        assert isinstance(_instance(ledger, "1.2.9.2", other, "ER_DX"), PatientConflict)
+    finally:
+        ledger.close()
+
+    listed = cxr_node("conflicts", "--json", "--since", "1h", "--data-dir", str(tmp_path))
+    assert listed.returncode == 0, listed.stderr
+    assert [
+        (c["calling_ae"], c["colliding_uid"], c["study_uid"]) for c in json.loads(listed.stdout)
+    ] == [("ER_DX", "Study Instance", "1.2.9")]
+    table = cxr_node("conflicts", "--data-dir", str(tmp_path))
+    studies = cxr_node("studies", "--data-dir", str(tmp_path))
+    status = cxr_node("status", "1.2.9", "--data-dir", str(tmp_path))
+    assert "ER_DX" in table.stdout and "PATIENT_CONFLICT" in table.stdout
+    assert "patient conflicts: 1" in studies.stdout
+    assert "PATIENT_CONFLICT: 1 instance(s)" in status.stdout
+    for result in (listed, table, studies, status):
+        assert result.returncode == 0
+        for secret in ("PID-", "ALPHA", "BETA"):
+            assert secret not in result.stdout + result.stderr
+    refused = cxr_node("conflicts", "--since", "last tuesday", "--data-dir", str(tmp_path))
+    assert refused.returncode == 2 and "--since" in refused.stderr

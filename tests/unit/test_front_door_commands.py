@@ -315,6 +315,14 @@ def test_another_patients_image_under_known_uids_is_refused_and_recorded(
     assert node.ledger.study(safe_key(other_study.StudyInstanceUID)) is None
     assert node.files_of(other_study.StudyInstanceUID) == []
     assert _history(node, first.StudyInstanceUID).count("PATIENT_CONFLICT: instance refused") == 3
+    conflicts = node.ledger.patient_conflicts()
+    assert sorted(c.known_as for c in conflicts) == [
+        "SOP Instance",
+        "Study Instance",
+        "Study Instance",
+    ]
+    assert {c.calling_ae for c in conflicts} == {"MODALITY"}
+    assert {c.study_key for c in conflicts} == {key}
     for secret in ("PAT-A", "PAT-B", "PAT-C", "ALPHA", "BETA", "GAMMA", "19700101", "19800202"):
         assert secret not in caplog.text
     assert "PATIENT_CONFLICT" in caplog.text
