@@ -82,7 +82,11 @@ def test_zero_retention_keeps_everything(
 
 
 def test_below_the_watermark_the_oldest_finished_go_first(
-    tmp_path: Path, ledger: Ledger, spool: Spool, clock: ManualClock
+    tmp_path: Path,
+    ledger: Ledger,
+    spool: Spool,
+    clock: ManualClock,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     old = study(ledger, spool, "1.1", [])
     clock.advance(10)
@@ -90,6 +94,13 @@ def test_below_the_watermark_the_oldest_finished_go_first(
     unfinished = spool.instance_path("1.3", "1.3.1")
     spool.write_atomically(unfinished, [b"x"])
     record_only(ledger, spool, "1.3", unfinished)
+    # free space as if this spool were alone on its disk (other tests write to the real one)
+    disk = 10**9
+
+    def free_bytes() -> int:
+        return disk - sum(p.stat().st_size for p in spool.root.rglob("*") if p.is_file())
+
+    monkeypatch.setattr(spool, "free_bytes", free_bytes)
     free = spool.free_bytes()
     # a floor that the free space is just under: the first (oldest) study is enough
     policy = purger(
