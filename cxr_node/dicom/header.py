@@ -12,7 +12,7 @@ large run of tiny elements. So:
   refused as unreadable; the spool keeps the file as it was sent;
 - the header is parsed up to the Pixel Data element (PS3.5 7.1), values over 4 KiB left on
   disk, through a reader that allows at most :data:`MAX_HEADER_READS` reads (a real radiograph
-  header takes a few thousand).
+  header takes a few thousand) and :data:`MAX_HEADER_BYTES` bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ from cxr_node.dicom import status
 MAX_HEADER_READS = 100_000
 """Reads the header parser may make: about 35,000 elements, far past any radiograph's header
 and a second or so of parsing on a slow core."""
+
+MAX_HEADER_BYTES = 8 * 1024 * 1024
+"""Bytes the header parser may read (values over 4 KiB are skipped, not read): what a header
+can hold in memory, whatever its count of elements."""
 
 DEFER_VALUES_OVER_BYTES = 4096
 _CHUNK = 1 << 16
@@ -80,7 +84,7 @@ def open_header(path: Path, max_inflated_bytes: int | None) -> Iterator[Header]:
             inflated = inflate(path, meta, max_inflated_bytes)
             source = inflated
         with source.open("rb") as raw:
-            reader = BudgetedReader(raw, MAX_HEADER_READS)
+            reader = BudgetedReader(raw, MAX_HEADER_READS, MAX_HEADER_BYTES)
             dataset = dcmread(
                 reader,
                 defer_size=DEFER_VALUES_OVER_BYTES,
@@ -150,11 +154,13 @@ def data_set_offset(path: Path) -> int:
 
 
 class BudgetedReader:
-    """A read-only file that raises :class:`HeaderRefused` after ``max_reads`` reads."""
+    """A read-only file that raises :class:`HeaderRefused` after ``max_reads`` reads or
+    ``max_bytes`` bytes read."""
 
-    def __init__(self, raw: BinaryIO, max_reads: int) -> None:
+    def __init__(self, raw: BinaryIO, max_reads: int, max_bytes: int) -> None:
         self._raw = raw
         self._reads_left = max_reads
+        self._bytes_left = max_bytes
 
     def read(self, size: int = -1) -> bytes:
         self._reads_left -= 1
@@ -163,7 +169,14 @@ class BudgetedReader:
                 status.CANNOT_UNDERSTAND,
                 f"header has too many elements (over {MAX_HEADER_READS} reads before its pixels)",
             )
-        return self._raw.read(size)
+        data = self._raw.read(size if 0 <= size <= self._bytes_left else self._bytes_left + 1)
+        self._bytes_left -= len(data)
+        if self._bytes_left < 0:
+            raise HeaderRefused(
+                status.CANNOT_UNDERSTAND,
+                f"header over {MAX_HEADER_BYTES} bytes before its pixels",
+            )
+        return data
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._raw.seek(offset, whence)

@@ -396,3 +396,20 @@ def test_two_patients_racing_with_the_same_uids_keep_the_first_file(
         assert kept.PatientID == winner.PatientID
         recorded = node.ledger.instance_digest(path.parent.name, str(first.SOPInstanceUID))
         assert recorded == data_set_digest(path)
+
+
+def test_a_header_of_many_small_values_is_refused_past_its_byte_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(header, "MAX_HEADER_BYTES", 256 * 1024)
+    dataset = make_cr_chest()
+    for index in range(100):  # 100 private values of 4,000 bytes: each under the deferral size
+        dataset.add_new((0x0011, 0x1000 + index), "OB", b"\x01" * 4000)
+    path = tmp_path / "wide.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    with pytest.raises(HeaderRefused) as refused, open_header(path, None):
+        pass
+    assert "bytes before its pixels" in refused.value.reason
+    monkeypatch.setattr(header, "MAX_HEADER_BYTES", 1024 * 1024)
+    with open_header(path, None) as read:
+        assert read.has_pixel_data
