@@ -570,6 +570,9 @@ def install_dimse_request_guards() -> bool:
             for index, (context_id, data) in enumerate(items):
                 if data and data[0] & _LAST_COMMAND_FRAGMENT == _LAST_COMMAND_FRAGMENT:
                     command = self.encoded_command_set.getvalue() + data[1:]
+                    if not _known_command(command):
+                        _abort_undecodable(self, assoc, None)
+                        return False
                     guarded = _guarded_store_command(command)
                     if guarded is not None:
                         self.encoded_command_set = BytesIO()
@@ -578,7 +581,11 @@ def install_dimse_request_guards() -> bool:
                         replacement.presentation_data_value_list = items
                         primitive = replacement
                     break
-        complete = original_decode(self, primitive, assoc)
+        try:
+            complete = original_decode(self, primitive, assoc)
+        except Exception as exc:  # raised in the DUL's state machine, it would kill its thread
+            _abort_undecodable(self, assoc, exc)
+            return False
         _watch_chunked_receive(self, assoc, bool(complete))
         return complete
 
@@ -608,6 +615,33 @@ def install_dimse_request_guards() -> bool:
     DIMSEMessage.decode_msg = decode_msg  # type: ignore[method-assign]
     Association._serve_request = serve_request  # type: ignore[method-assign]
     return True
+
+
+def _known_command(command: bytes) -> bool:
+    """Whether a command set decodes and names a DIMSE command pynetdicom knows (PS3.7 E.1)."""
+    from pynetdicom.dimse_messages import _MESSAGE_TYPES
+    from pynetdicom.dsutils import decode
+
+    try:
+        field = decode(BytesIO(command), True, True).get("CommandField")
+    except Exception:
+        return False
+    return isinstance(field, int) and field in _MESSAGE_TYPES
+
+
+def _abort_undecodable(message: Any, association: Any, exc: BaseException | None) -> None:
+    """A DIMSE message that cannot be decoded is a protocol error: A-ABORT (Evt19, PS3.8
+    9.2.3) rather than pynetdicom's exception in the DUL thread, which killed it."""
+    from cxr_node.dicom.handlers import for_log
+
+    message.encoded_command_set = BytesIO()
+    log.warning(
+        "undecodable DIMSE command from %s%s: aborted",
+        for_log(_peer(association)) if association is not None else "?",
+        f" ({describe_exception(exc)})" if exc is not None else "",
+    )
+    if association is not None:
+        association.dul.event_queue.put("Evt19")
 
 
 def _guarded_store_command(command: bytes) -> bytes | None:
@@ -892,6 +926,8 @@ def _read_pdu_data_guarded(self: Any) -> None:
         return
     try:
         pdu, event = self._decode_pdu(header + body)
+        if pdu_type == 0x01:
+            pdu.to_primitive()  # what AE-6 does: its errors (an even context ID) kill the DUL
     except Exception as exc:
         log.warning("undecodable PDU from %s (%s)", for_log(_peer(association)), type(exc).__name__)
         self.event_queue.put("Evt19")

@@ -5,6 +5,7 @@ libraries (pynetdicom dumps datasets at DEBUG) are held at WARNING.
 """
 
 import logging
+import re
 import sys
 import traceback
 import warnings
@@ -18,7 +19,7 @@ def configure_logging(level: str = "INFO") -> None:
     """Configure the root logger for a cxr-node process."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+        LibrarySafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -33,6 +34,43 @@ def configure_logging(level: str = "INFO") -> None:
     # Other libraries' warnings may quote data too: route them to logging, keep only errors.
     logging.captureWarnings(True)
     logging.getLogger("py.warnings").setLevel(logging.ERROR)
+
+
+_OWN_LOGGERS = ("cxr_node", "workers", "__main__")
+_LIBRARY_MESSAGE_LIMIT = 300
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (a newline that would forge a log line, a NUL) as ``\\xNN``."""
+    return _CONTROL_CHARACTERS.sub(lambda match: f"\\x{ord(match.group()):02x}", text)
+
+
+class LibrarySafeFormatter(logging.Formatter):
+    """One line per record from another library (pynetdicom logs values from the wire, such as
+    calling AE titles and UIDs, verbatim, and exception messages that may quote them):
+    control characters escaped, cut at 300 characters, and a traceback as its frames only.
+    Our own records already log wire values through ``for_log`` and tracebacks through
+    :func:`traceback_frames`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.split(".")[0] in _OWN_LOGGERS:
+            return super().format(record)
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's bad format string
+            message = str(record.msg)
+        message = escape_controls(message)
+        if len(message) > _LIBRARY_MESSAGE_LIMIT:
+            message = f"{message[:_LIBRARY_MESSAGE_LIMIT]}\u2026 ({len(message)} characters)"
+        safe = logging.makeLogRecord(
+            {**record.__dict__, "msg": message, "args": None, "exc_info": None, "exc_text": None}
+        )
+        text = super().format(safe)
+        exception = record.exc_info[1] if record.exc_info else None
+        if exception is not None:
+            text += " | " + traceback_frames(exception).replace("\n", " | ")
+        return text
 
 
 PYDICOM_WARNINGS = r"pydicom(\..*)?$"

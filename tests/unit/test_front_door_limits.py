@@ -21,7 +21,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom import Dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 from pynetdicom import AE, _config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -32,6 +37,7 @@ from cxr_node.dicom import header, status
 from cxr_node.dicom.handlers import data_set_digest
 from cxr_node.dicom.header import HeaderRefused, data_set_offset, open_header
 from cxr_node.settings import load_settings
+from tests import fuzzing
 from tests.conftest import free_port, wait_until
 from tests.unit.test_scp_handlers import (  # noqa: F401 (fixtures)
     Node,
@@ -413,3 +419,32 @@ def test_a_header_of_many_small_values_is_refused_past_its_byte_budget(
     monkeypatch.setattr(header, "MAX_HEADER_BYTES", 1024 * 1024)
     with open_header(path, None) as read:
         assert read.has_pixel_data
+
+
+# --- protocol errors that killed pynetdicom's threads ------------------------------------
+
+
+def test_a_command_set_without_a_command_field_gets_an_abort(start: Callable[..., Node]) -> None:
+    node = start()
+    peer = fuzzing.RawPeer(node.settings.port)
+    try:
+        answer, accepted = peer.associate()
+        assert answer.kind == 0x02 and accepted
+        context_id = next(iter(accepted))
+        peer.send(fuzzing.p_data(context_id, fuzzing.command_set(None), command=True, last=True))
+        assert peer.receive(10).kind == A_ABORT
+    finally:
+        peer.close()
+    assert _echo(node) == status.SUCCESS
+
+
+def test_an_even_presentation_context_id_gets_an_abort(start: Callable[..., Node]) -> None:
+    node = start()
+    peer = fuzzing.RawPeer(node.settings.port)
+    try:
+        contexts = [(2, ComputedRadiographyImageStorage, [ExplicitVRLittleEndian])]
+        answer, _ = peer.associate(contexts=contexts)
+        assert answer.kind == A_ABORT
+    finally:
+        peer.close()
+    assert _echo(node) == status.SUCCESS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -10,7 +11,12 @@ import pydicom.config
 import pytest
 from pydicom.dataelem import DataElement
 
-from cxr_node.logs import configure_logging, describe_exception, quiet_pydicom_warnings
+from cxr_node.logs import (
+    LibrarySafeFormatter,
+    configure_logging,
+    describe_exception,
+    quiet_pydicom_warnings,
+)
 
 
 def test_describe_exception_names_type_and_place_but_not_the_message() -> None:
@@ -81,3 +87,26 @@ def test_traceback_frames_show_where_but_not_the_message() -> None:
     assert "Canaryname" not in text
     assert "ValueError (message withheld)" in text
     assert "in parse" in text and "test_logs.py" in text
+
+
+def test_library_records_stay_one_line_without_their_exception_message() -> None:
+    """pynetdicom logs wire values (a calling AE title with a newline) and exception messages
+    verbatim: one escaped line, frames only."""
+    formatter = LibrarySafeFormatter("%(name)s: %(message)s")
+    forged = logging.LogRecord(
+        "pynetdicom.acse", logging.ERROR, __file__, 1, "Calling AE %s", ("X\nFORGED\x00",), None
+    )
+    assert formatter.format(forged) == "pynetdicom.acse: Calling AE X\\x0aFORGED\\x00"
+    message = "PATIENT^" + "SECRET" + chr(10) + "FORGED"
+    try:
+        raise ValueError(message)
+    except ValueError:
+        failure = logging.LogRecord(
+            "pynetdicom.dul", logging.ERROR, __file__, 1, "boom", None, sys.exc_info()
+        )
+    text = formatter.format(failure)
+    assert "\n" not in text and "SECRET" not in text and "ValueError" in text
+    long = logging.LogRecord("kombu", logging.WARNING, __file__, 1, "x" * 5000, None, None)
+    assert len(formatter.format(long)) < 400
+    own = logging.LogRecord("cxr_node.x", logging.INFO, __file__, 1, "a\nb", None, None)
+    assert formatter.format(own) == "cxr_node.x: a\nb"  # our own lines are escaped at source
