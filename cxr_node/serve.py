@@ -16,6 +16,7 @@ from cxr_node.dicom.scp import start_server
 from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.embedded import WorkerSupervisor
 from cxr_node.ledger import Ledger
+from cxr_node.memory import limit_malloc_arenas
 from cxr_node.queue import JobQueue
 from cxr_node.retention import PURGE_INTERVAL_SECONDS, Purger
 from cxr_node.settings import Settings
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> None:
     """Run until SIGINT or SIGTERM; then stop listening, finish, and stop the worker."""
+    limit_malloc_arenas()  # before any thread starts (see cxr_node.memory)
     spool = Spool(settings.spool_path)
     ledger = Ledger(settings.ledger)
     queue = JobQueue(settings)
