@@ -94,8 +94,7 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
     """One study to one destination; returns False when the destination is unusable now."""
     name, study = destination.name, row.study_key
     try:
-        files = [ctx.spool.resolve(result.path) for result in ctx.ledger.results_of(study)]
-        stored = send_study(ctx.pool, destination, files)
+        stored = _send_unsent(ctx, destination, row)
     except DestinationUnreachable as exc:
         _destination_down(ctx, name, row, str(exc))
         return False
@@ -128,6 +127,28 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
     ctx.ledger.record_delivery(study, name, DeliveryState.DELIVERED, opened_at=row.created_at)
     log.info("study %s: %d result objects delivered to %s", log_ref(study), stored, name)
     return True
+
+
+def _send_unsent(ctx: WorkerContext, destination: Destination, row: DeliveryRow) -> int:
+    """Send the study's result files the destination has not acknowledged since the delivery
+    was (re)opened, recording each acknowledgement in the ledger as it comes: a retry after a
+    failure part-way (the destination went down after the SR, this worker was killed between
+    two C-STOREs) sends only what is missing. Returns how many were sent now."""
+    unsent = {
+        ctx.spool.resolve(result.path): result.sop_instance_uid
+        for result in ctx.ledger.results_of(row.study_key)
+        if result.sop_instance_uid not in row.sent_instances
+    }
+    if not unsent:
+        return 0  # all acknowledged before a crash; only the outcome is left to record
+    return send_study(
+        ctx.pool,
+        destination,
+        list(unsent),
+        lambda path: ctx.ledger.record_instance_sent(
+            row.study_key, destination.name, unsent[path], opened_at=row.created_at
+        ),
+    )
 
 
 def _destination_down(ctx: WorkerContext, name: str, row: DeliveryRow, error: str) -> None:

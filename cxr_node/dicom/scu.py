@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -175,8 +175,14 @@ def _release(association: Association) -> None:
         association.release()
 
 
-def store_files(association: Association, files: Iterable[Path]) -> int:
+def store_files(
+    association: Association,
+    files: Iterable[Path],
+    on_stored: Callable[[Path], None] | None = None,
+) -> int:
     """C-STORE each Part 10 file the association accepts; return how many were stored.
+    ``on_stored`` is called with each file the peer acknowledged (success or warning, PS3.4
+    B.2.3) as soon as it did, before the next is sent.
 
     A file goes out as its bytes are on disk (pynetdicom's chunked send, no decoding and no
     re-encoding) when the peer accepted its transfer syntax; otherwise it is decoded and
@@ -205,6 +211,8 @@ def store_files(association: Association, files: Iterable[Path]) -> int:
             raise DestinationUnreachable("no C-STORE response (timeout or abort)")
         if code == status.SUCCESS or code in _WARNING_STATUSES:
             stored += 1
+            if on_stored is not None:
+                on_stored(path)
             continue
         if status.is_retryable(code):
             raise DestinationUnreachable(f"destination answered 0x{code:04X} (out of resources)")
@@ -227,16 +235,30 @@ def _send_c_store(
     return association.send_c_store(path if as_is else dcmread(path))
 
 
-def send_study(pool: AssociationPool, destination: Destination, files: list[Path]) -> int:
-    """Send one study's result files to ``destination``, reusing a pooled association.
+def send_study(
+    pool: AssociationPool,
+    destination: Destination,
+    files: list[Path],
+    on_stored: Callable[[Path], None] | None = None,
+) -> int:
+    """Send one study's result files to ``destination``, reusing a pooled association; return
+    how many the peer acknowledged. ``on_stored`` as in :func:`store_files`.
 
     A reused association the peer has meanwhile closed is replaced once by a fresh one before
-    the destination counts as unreachable.
+    the destination counts as unreachable; the fresh one sends only the files not yet stored.
     """
+    acknowledged: list[Path] = []
+
+    def stored_one(path: Path) -> None:
+        acknowledged.append(path)
+        if on_stored is not None:
+            on_stored(path)
+
     for fresh_attempt in (False, True):
         association, reused = pool.acquire(destination)
         try:
-            stored = store_files(association, files)
+            store_files(association, [f for f in files if f not in acknowledged], stored_one)
+            stored = len(acknowledged)
         except DestinationUnreachable:
             pool.discard(association)
             if reused and not fresh_attempt:

@@ -8,6 +8,7 @@ lapses within ``lease_seconds``.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -38,6 +39,7 @@ def open_delivery(
         "updated_at": now,
         "created_at": now,
         "next_attempt_at": max(now, retry_at or now),
+        "sent_instances": None,
     }
     exists = db.execute(
         sa.select(deliveries.c.state).where(
@@ -307,6 +309,33 @@ class DeliveriesLedger(LedgerBase):
                     values={"reason_code": "DELIVERY_FAILED", "reason": error},
                     detail="DELIVERY_FAILED",
                 )
+
+    def record_instance_sent(
+        self, study_key: str, destination: str, sop_instance_uid: str, *, opened_at: float
+    ) -> None:
+        """The destination acknowledged one result instance of a pending delivery (PS3.4
+        B.2.3: a success or warning status), so a retry of this opening does not send it again.
+        Nothing is written when the delivery was reopened meanwhile (``opened_at`` differs)."""
+        with self._begin() as db:
+            where = (
+                deliveries.c.study_key == study_key,
+                deliveries.c.destination == destination,
+                deliveries.c.state == D.PENDING,
+                deliveries.c.created_at == opened_at,
+            )
+            sent = db.execute(
+                sa.select(deliveries.c.sent_instances).where(*where).with_for_update()
+            ).first()
+            if sent is None:
+                return
+            uids = json.loads(sent.sent_instances or "[]")
+            if sop_instance_uid in uids:
+                return
+            db.execute(
+                deliveries.update()
+                .where(*where)
+                .values(sent_instances=json.dumps([*uids, sop_instance_uid]))
+            )
 
     def settled(self, study_key: str) -> bool:
         """Whether no delivery of the study is pending (its files are no longer needed to send)."""

@@ -78,6 +78,8 @@ class DeliveryRow:
     last_error: str | None
     created_at: float
     next_attempt_at: float | None
+    sent_instances: frozenset[str] = frozenset()
+    """SOP Instance UIDs the destination acknowledged since the delivery was (re)opened."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,7 @@ def delivery_row(row: Any) -> DeliveryRow:
         last_error=row.last_error,
         created_at=row.created_at if row.created_at is not None else row.updated_at,
         next_attempt_at=row.next_attempt_at,
+        sent_instances=frozenset(json.loads(row.sent_instances or "[]")),
     )
 
 

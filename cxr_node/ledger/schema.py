@@ -80,6 +80,9 @@ deliveries = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Column("created_at", sa.Float),
     sa.Column("next_attempt_at", sa.Float),
+    # JSON list of the SOP Instance UIDs the destination acknowledged since the delivery was
+    # (re)opened (since 0004): a retry sends only the others
+    sa.Column("sent_instances", sa.Text),
 )
 
 destination_leases = sa.Table(

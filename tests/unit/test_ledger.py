@@ -739,3 +739,23 @@ def test_down_since_is_kept_until_the_destination_answers(ledger: Ledger, clock:
     assert ledger.note_destination_failure(PACS) == (2, start)
     ledger.note_destination_outcome(PACS, reachable=True)
     assert ledger.note_destination_failure(PACS) == (1, clock.now())
+
+
+def test_acknowledged_instances_are_remembered_until_the_delivery_is_reopened(
+    ledger: Ledger, clock: FakeClock
+) -> None:
+    record(ledger)
+    analysed(ledger, [PACS])
+    opened = ledger.deliveries_of(STUDY)[PACS].created_at
+    ledger.record_instance_sent(STUDY, PACS, "1.2.3.99", opened_at=opened)
+    ledger.record_instance_sent(STUDY, PACS, "1.2.3.99", opened_at=opened)  # once is enough
+    ledger.record_instance_sent(STUDY, PACS, "1.2.3.98", opened_at=opened - 1)  # another opening
+    (due,) = ledger.due_deliveries(PACS)
+    assert due.sent_instances == {"1.2.3.99"}
+    clock.advance(5)
+    record(ledger, sop="1.2.3.2")  # a new image: analysed again, the delivery reopened
+    analysed(ledger, [PACS])
+    (due,) = ledger.due_deliveries(PACS)
+    assert due.sent_instances == frozenset()  # the new results all go out
+    ledger.record_instance_sent(STUDY, PACS, "1.2.3.99", opened_at=opened)  # the older attempt
+    assert ledger.due_deliveries(PACS)[0].sent_instances == frozenset()

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import (
     Comprehensive3DSRStorage,
     ImplicitVRLittleEndian,
@@ -216,3 +217,36 @@ def test_an_implicit_only_destination_gets_re_encoded_objects(
     )
     send_files(_destination(port), result_files, "CXR")
     assert received == [ImplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+
+def test_after_a_failure_part_way_only_the_unacknowledged_files_are_sent_again(
+    result_files: list[Path], servers: list[Any]
+) -> None:
+    received: list[str] = []
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return status.OUT_OF_RESOURCES if len(received) == 2 else status.SUCCESS
+
+    ae = AE(ae_title="DEST")
+    for sop_class in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
+        ae.add_supported_context(sop_class)
+    port = free_port()
+    servers.append(
+        ae.start_server(
+            ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+        )
+    )
+    pool = AssociationPool("CXR", timeout=10, idle_seconds=30)
+    acknowledged: list[Path] = []
+    try:
+        with pytest.raises(DestinationUnreachable, match="0xA700"):
+            send_study(pool, _destination(port), result_files, acknowledged.append)
+        assert acknowledged == result_files[:1]  # the first, as soon as it was stored
+        remaining = [f for f in result_files if f not in acknowledged]
+        assert send_study(pool, _destination(port), remaining, acknowledged.append) == 1
+    finally:
+        pool.close_all()
+    assert acknowledged == result_files
+    first, second = (dcmread(f).SOPInstanceUID for f in result_files)
+    assert received == [first, second, second]  # the first was never sent twice
