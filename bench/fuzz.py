@@ -819,6 +819,7 @@ class Campaign:
     def _models_only(self) -> None:
         """Models and a configuration for ``analyze`` when no node was started."""
         data = self.work / "node"
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)  # analyze.log goes there
         subprocess.run(
             [*self._cxr_node(), "models", "init-demo", "--if-none", "--data-dir", str(data)],
             check=True,

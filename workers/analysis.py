@@ -17,6 +17,7 @@ from pydicom import Dataset
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
 from workers import pixels, scoring
+from workers.encode.sr import identity_uid
 from workers.ensemble import Ensemble
 
 REGION_LEVEL = 0.6
@@ -57,6 +58,7 @@ class Analyzer:
 
     def analyse(self, dataset: Dataset) -> AnalysedImage:
         """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""
+        sop_instance_uid = identity_uid(dataset, "SOPInstanceUID")  # what the analysis is of
         image = pixels.displayed_image(dataset, self.min_grey_levels)
         batch, box = self.model_input(image)
         inference = self.ensemble.infer(batch)
@@ -84,7 +86,7 @@ class Analyzer:
             for p in predictions
         ]
         analysis = ImageAnalysis(
-            sop_instance_uid=str(dataset.SOPInstanceUID),
+            sop_instance_uid=sop_instance_uid,
             findings=findings,
             abnormality_score=round(scoring.abnormality_score(findings, self.score_method), 6),
             priority=scoring.priority(findings, self.critical_findings),

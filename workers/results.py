@@ -34,10 +34,10 @@ def _uid(*parts: str) -> str:
 
 def encode_results(source: Dataset, analysed: AnalysedImage) -> list[tuple[str, Dataset]]:
     """The SR and the SC for one analysed image, as (kind, dataset) pairs."""
-    study_uid = str(source.StudyInstanceUID)
-    source_uid = str(source.SOPInstanceUID)
-    device_uid = analysed.analysis.model.device_uid
     header = header_view(source)  # once; each result keeps (and changes) its own copy
+    study_uid = str(header.StudyInstanceUID)  # present and valid, or header_view refused
+    source_uid = str(header.SOPInstanceUID)
+    device_uid = analysed.analysis.model.device_uid
     report = build_measurement_report(
         source,
         analysed.analysis,

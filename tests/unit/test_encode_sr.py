@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import highdicom as hd
 import pydicom
@@ -427,19 +428,48 @@ HOSTILE_VALUES: dict[str, list[tuple[str, str, bytes]]] = {
         ("SpecificCharacterSet", "CS", b"KLINGON"),
         ("PatientName", "PN", b"M\xfcller^J"),
     ],
+    # 40 characters, 80 bytes in UTF-8: over LO's 64 as our results write it
+    "LO-over-64-bytes-in-UTF-8": [
+        ("SpecificCharacterSet", "CS", b"ISO_IR 100"),
+        ("StudyDescription", "LO", b"\xe9" * 40),
+    ],
+    "referenced-study-empty-item": [
+        # Referenced Study Sequence, one empty item (explicit length 0), undefined sequence length
+        ("ReferencedStudySequence", "SQ", b"\xfe\xff\x00\xe0\x00\x00\x00\x00"),
+    ],
+    "code-item-without-meaning": [
+        # Procedure Code Sequence: one item holding only Code Value "X1"
+        (
+            "ProcedureCodeSequence",
+            "SQ",
+            b"\xfe\xff\x00\xe0\x0e\x00\x00\x00\x08\x00\x00\x01SH\x02\x00X1",
+        ),
+    ],
 }
 
 
-def _hostile_source(values: list[tuple[str, str, bytes]]) -> pydicom.Dataset:
+_UNKNOWN_VR_ELEMENT = b"\x09\x00\x11\x10SH\x04\x00abcd"
+"""(0009,1011), explicit VR SH, 4 bytes: turned into VR ``ZZ`` in the file's bytes."""
+
+
+def _hostile_source(
+    values: list[tuple[str, str, bytes]], *, delete: tuple[str, ...] = ()
+) -> pydicom.Dataset:
     import io
 
     ds = make_dx_chest()
     for keyword, vr, raw in values:
         _raw_value(ds, keyword, vr, raw)
+    for keyword in delete:
+        del ds[keyword]
     ds.add_new(0x00091010, "UN", b"\x01\x02\x03\x04")  # a private tag of unknown VR
+    ds.add_new(0x00091011, "SH", "abcd")  # written, then its VR garbled to ZZ below
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+    data = buffer.getvalue()
+    assert data.count(_UNKNOWN_VR_ELEMENT) == 1
+    data = data.replace(_UNKNOWN_VR_ELEMENT, _UNKNOWN_VR_ELEMENT.replace(b"SH", b"ZZ"))
+    return pydicom.dcmread(io.BytesIO(data))
 
 
 @pytest.fixture
@@ -487,13 +517,27 @@ def test_invalid_source_values_are_left_out_of_sr_and_sc(case: str, tmp_path: Pa
         ("StudyInstanceUID", b"aux.1\x00", "INVALID_STUDY_UID"),
         ("StudyInstanceUID", b"1." * 40 + b"1\x00", "INVALID_STUDY_UID"),
         ("SeriesInstanceUID", b"1.2.3\\1.2.4\x00", "INVALID_SOURCE_UID"),
+        ("SOPClassUID", None, "INVALID_SOURCE_UID"),
+        ("SeriesInstanceUID", None, "INVALID_SOURCE_UID"),
     ],
 )
 @pytest.mark.usefixtures("pydicom_quiet")
-def test_invalid_identity_uid_refuses_the_result(keyword: str, raw: bytes, code: str) -> None:
+def test_invalid_identity_uid_refuses_the_result(
+    keyword: str, raw: bytes | None, code: str
+) -> None:
+    """``raw`` None: the attribute is absent."""
     from cxr_node.errors import RejectedInput
+    from workers.results import encode_results
 
-    source = _hostile_source([(keyword, "UI", raw)])
+    if raw is None:
+        source = _hostile_source([], delete=(keyword,))
+    else:
+        source = _hostile_source([(keyword, "UI", raw)])
+    analysis = make_analysis(str(source.SOPInstanceUID), demo=True)
     with pytest.raises(RejectedInput) as caught:
-        _build(source, make_analysis(str(source.SOPInstanceUID), demo=True))
+        _build(source, analysis)
+    assert caught.value.reason_code == code
+    analysed = SimpleNamespace(analysis=analysis)
+    with pytest.raises(RejectedInput) as caught:
+        encode_results(source, analysed)  # type: ignore[arg-type]
     assert caught.value.reason_code == code

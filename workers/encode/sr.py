@@ -42,7 +42,7 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import CodedConcept
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
-from pydicom.valuerep import DA, DS, DT, TM, validate_value
+from pydicom.valuerep import DA, DS, DT, TM, VR, validate_value
 
 from cxr_node import compat
 from cxr_node.errors import RejectedInput
@@ -609,10 +609,12 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
     """The source without pixels, in the shape highdicom's constructors accept, holding only
     values valid for their VR (:func:`keep_valid_values`), to be written as ISO_IR 192.
 
-    highdicom reads Patient/Study attributes unconditionally, warns on one-component
-    person names and rejects unknown sexes. Absent Type 2 attributes become empty
-    (what the standard asks of the output); names and sex are only made acceptable
-    here and written back verbatim by ``restore_verbatim``.
+    highdicom reads Patient/Study attributes (and the Modality of an image it references)
+    unconditionally, warns on one-component person names and rejects unknown sexes. Absent
+    Type 2 attributes become empty (what the standard asks of the output); names and sex are
+    only made acceptable here and written back verbatim by ``restore_verbatim``. Elements of a
+    VR pydicom does not know (a private ``ZZ``, a VR garbled in the file) are not copied:
+    their value cannot be read.
 
     Text is decoded with the source's Specific Character Set; when that is empty, unknown (a
     defined term misspelt, ``ISO 2022 IR 149`` without escapes) or multi-valued without code
@@ -621,17 +623,21 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
     text, so our results always declare a valid character set.
     """
     view = pydicom.Dataset()
-    for element in source:
-        if element.tag != 0x7FE00010 and element.tag.group != 0x0002:
-            try:
-                view.add(clone_element(element))
-            except Exception:  # a value pydicom cannot convert: not copied
-                continue
+    for tag in source.keys():  # noqa: SIM118 (iterating a Dataset converts raw elements)
+        if tag == 0x7FE00010 or tag.group == 0x0002 or not _convertible(source, tag):
+            continue
+        element = source[tag]
+        try:
+            view.add(clone_element(element))
+        except Exception:  # a value pydicom cannot convert: not copied
+            continue
     keep_valid_values(view)
     view.SpecificCharacterSet = "ISO_IR 192"
     for keyword in _TYPE2_PATIENT_STUDY:
         if keyword not in view:
             setattr(view, keyword, None)
+    if "Modality" not in view:  # highdicom reads it of every source image it references
+        view.Modality = ""
     for keyword in ("PatientName", "ReferringPhysicianName"):
         if view[keyword].value is not None:
             setattr(view, keyword, _explicit_name(view[keyword].value))
@@ -660,18 +666,31 @@ def valid_uid(value: object) -> bool:
     return isinstance(value, str) and len(value) <= 64 and bool(UID_PATTERN.match(value))
 
 
+def _written_length(text: str) -> int:
+    """The length of a value as our results write it (UTF-8, ISO_IR 192), which is what
+    validators such as dciodvfy compare with the VR's maximum: equal to the number of
+    characters for ASCII; a character outside it (an accented letter, a kanji, the replacement
+    character of an undecodable byte) takes 2 to 4."""
+    return len(text.encode("utf-8", errors="replace"))
+
+
 def valid_text(vr: str, value: object) -> bool:
-    """One string value fits its VR: length (per component group for PN), no control
-    characters (we write no escapes), CS in its repertoire."""
+    """One string value fits its VR: length as written (per component group for PN), no
+    control characters (we write no escapes), CS in its repertoire."""
     text = str(value)
     limit = _MAX_CHARS.get(vr)
     if vr == "PN":
         groups = text.split("=")
-        return len(groups) <= 3 and all(len(g) <= 64 for g in groups) and not _CONTROL.search(text)
+        return (
+            len(groups) <= 3
+            and all(_written_length(g) <= 64 for g in groups)
+            and not _CONTROL.search(text)
+        )
     if vr in {"LT", "ST", "UT"}:
         plain = text.translate({ord(c): None for c in "\r\n\t\f"})
-        return not _CONTROL.search(plain) and len(text) <= {"LT": 10240, "ST": 1024}.get(vr, 2**31)
-    if limit is not None and (len(text.strip(" ")) > limit or _CONTROL.search(text)):
+        maximum = {"LT": 10240, "ST": 1024}.get(vr, 2**31)
+        return not _CONTROL.search(plain) and _written_length(text) <= maximum
+    if limit is not None and (_written_length(text.strip(" ")) > limit or _CONTROL.search(text)):
         return False
     return not (vr == "CS" and not _CS.match(text))
 
@@ -683,24 +702,34 @@ def _element_values(element: pydicom.DataElement) -> list[object]:
     return [value]
 
 
-def keep_valid_values(view: pydicom.Dataset) -> None:
-    r"""Leave out of ``view`` (in place) the top-level values our results would copy invalid:
+def keep_valid_values(view: pydicom.Dataset, *, item: bool = False) -> None:
+    r"""Leave out of ``view`` (in place) the values our results would copy invalid:
     UIDs not matching ``^[0-9]+(\.[0-9]+)*$`` or over 64 characters, strings over their VR's
-    length or with control characters, several values where the dictionary allows one.
-    Required identity UIDs that are invalid raise RejectedInput (INVALID_STUDY_UID,
-    INVALID_SOURCE_UID): a result in a made-up study or about a made-up image would be false."""
-    for element in list(view):
-        if element.tag.is_private or element.VR in {"SQ", "UN"} or element.value is None:
-            if element.VR == "UN" or element.tag.is_private:
-                del view[element.tag]
+    length (in bytes as written, UTF-8) or with control characters, several values where the
+    dictionary allows one, elements of a VR pydicom cannot read, and sequence items that are not
+    complete (:func:`_keep_complete_items`). Required identity UIDs that are absent or invalid
+    raise RejectedInput (INVALID_STUDY_UID, INVALID_SOURCE_UID): a result in a made-up study or
+    about a made-up image would be false. ``item``: ``view`` is a sequence item (no identity
+    UIDs to require there)."""
+    for tag in list(view.keys()):
+        if tag.is_private or not _convertible(view, tag):
+            del view[tag]
+            continue
+        element = view[tag]
+        if element.VR == "UN":
+            del view[tag]
+            continue
+        if element.VR == "SQ":
+            _keep_complete_items(view, element)
+            continue
+        if element.value is None:
             continue
         keyword = element.keyword
         values = _element_values(element)
         if element.VR == "UI":
-            if not all(valid_uid(v) for v in values) or (
-                keyword in _IDENTITY_UIDS and len(values) != 1
-            ):
-                if keyword in _IDENTITY_UIDS:
+            identity = not item and keyword in _IDENTITY_UIDS
+            if not all(valid_uid(v) for v in values) or (identity and len(values) != 1):
+                if identity:
                     raise RejectedInput(
                         _IDENTITY_UIDS[keyword],
                         f"the source's {keyword} is not a valid UID: no result can reference it",
@@ -717,6 +746,82 @@ def keep_valid_values(view: pydicom.Dataset) -> None:
         checked = element.VR in _MAX_CHARS or element.VR in {"LT", "ST", "UT"}
         if checked and not all(valid_text(element.VR, v) for v in values if v not in (None, "")):
             element.value = ""
+    if not item:
+        for keyword, reason_code in _IDENTITY_UIDS.items():
+            if not view.get(keyword):
+                raise RejectedInput(
+                    reason_code, f"the source has no {keyword}: no result can reference it"
+                )
+
+
+def identity_uid(source: pydicom.Dataset, keyword: str) -> str:
+    """One of the source's identity UIDs (``_IDENTITY_UIDS``) as results reference it;
+    RejectedInput (the keyword's reason code) when it is absent or not a valid UID."""
+    value = source.get(keyword) if _convertible(source, keyword) else None
+    if not valid_uid(value):
+        raise RejectedInput(
+            _IDENTITY_UIDS[keyword],
+            f"the source's {keyword} is absent or not a valid UID: no result can reference it",
+        )
+    return str(value)
+
+
+_KNOWN_VRS = frozenset(VR.__members__.values())
+
+
+def _convertible(dataset: pydicom.Dataset, key: int | str) -> bool:
+    """Whether pydicom can read the element's value: its VR is one pydicom knows (a raw
+    element of explicit VR ``ZZ``, or one garbled in the file, raises NotImplementedError when
+    read); checked on the raw element, before pydicom converts it."""
+    tag = pydicom.datadict.tag_for_keyword(key) if isinstance(key, str) else key
+    if tag is None or tag not in dataset:
+        return True
+    vr = dataset.get_item(tag, keep_deferred=True).VR
+    return vr is None or vr in _KNOWN_VRS  # None: implicit VR, pydicom's dictionary decides
+
+
+_SOP_REFERENCE = ("ReferencedSOPClassUID", "ReferencedSOPInstanceUID")
+_ITEM_TYPE1: dict[str, tuple[str, ...]] = {
+    "ReferencedStudySequence": _SOP_REFERENCE,  # General Study (PS3.3 C.7.2.1)
+    "ReferencedPatientSequence": _SOP_REFERENCE,  # Patient (PS3.3 C.7.1.1)
+    "OtherPatientIDsSequence": ("PatientID", "TypeOfPatientID"),  # Patient
+}
+"""Sequences (besides code sequences) whose items the results may copy, and the Type 1
+attributes each item must hold."""
+
+
+def _complete_item(keyword: str, item: pydicom.Dataset) -> bool:
+    """An item of sequence ``keyword`` holds (non-empty) the Type 1 attributes of its macro:
+    a code (PS3.3 8.8: Code Meaning, and a Code Value with its Coding Scheme Designator, a Long
+    Code Value with it, or a URN Code Value) or those in ``_ITEM_TYPE1``."""
+    if keyword.endswith("CodeSequence"):
+        if not item.get("CodeMeaning"):
+            return False
+        if item.get("URNCodeValue"):
+            return True
+        coded = item.get("CodeValue") or item.get("LongCodeValue")
+        return bool(coded) and bool(item.get("CodingSchemeDesignator"))
+    return all(item.get(name) for name in _ITEM_TYPE1[keyword])
+
+
+def _keep_complete_items(dataset: pydicom.Dataset, element: pydicom.DataElement) -> None:
+    """Keep of a sequence only the items that are complete once their invalid values are left
+    out (an empty item, a code without its meaning, a reference without its UIDs would make
+    the result invalid); a sequence with none left, or one whose items we cannot check, is left
+    out (the sequences the results copy from the source are all Type 3)."""
+    keyword = element.keyword
+    if not (keyword.endswith("CodeSequence") or keyword in _ITEM_TYPE1):
+        del dataset[element.tag]
+        return
+    kept = []
+    for item in element.value or ():
+        keep_valid_values(item, item=True)
+        if _complete_item(keyword, item):
+            kept.append(item)
+    if kept:
+        element.value = kept
+    else:
+        del dataset[element.tag]
 
 
 _TEMPORAL_VRS = {"DA": DA, "TM": TM, "DT": DT}
