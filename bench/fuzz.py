@@ -767,7 +767,8 @@ class Campaign:
             "lockouts": lockouts,
             "violations": sum(network.get("violations", {}).values()),
             "serve_peak_mb": peak,
-            "serve_under_300_mb": peak is not None and peak < 300,
+            # no network cases, no serve: nothing to measure there
+            "serve_under_300_mb": peak < 300 if peak is not None else not serve,
             "spool_tmp_leftovers": serve.get("spool_tmp_leftovers"),
             "log_injection": log.get("forged_lines", 0)
             + log.get("lines_with_control_characters", 0),
