@@ -522,6 +522,11 @@ def _expected_from_ledger(status: dict[str, Any] | None) -> list[str] | None:
     return [str(r["sop_instance_uid"]) for r in results if "sop_instance_uid" in r]
 
 
+DELIVERY_KILL = "kill_delivery"
+IN_FLIGHT_SECONDS = 0.5
+"""A reception this close before a SIGKILL of the delivery worker was in flight at the kill."""
+
+
 def judge(
     acks: dict[str, float],
     never_acked: list[str],
@@ -540,7 +545,13 @@ def judge(
     nothing else received for the study. Delay past fault: ``delivered_at - max(acked_at, end of
     the last fault that ended before delivered_at)``. Studies in ``ignored`` (the warm-up) are
     not counted anywhere.
+
+    A duplicate reception whose first copy arrived at most ``IN_FLIGHT_SECONDS`` before the
+    delivery worker was SIGKILLed is counted apart (``duplicates_in_flight_at_kill``): the
+    destination stored it, and the response, or our record of it, died with the worker; DICOM
+    has no transactional store, so no sender can avoid that one. Every other duplicate is a bug.
     """
+    kills = [f.started_at for f in faults if f.kind == DELIVERY_KILL]
     by_study: dict[str, list[dict[str, Any]]] = {}
     for record in records:
         by_study.setdefault(str(record["study"]), []).append(record)
@@ -595,11 +606,23 @@ def judge(
             )
             missing_expected: list[str] = []
             extra = [] if once else sorted(first_at)
+            right_instances = len(sr) == 1 and len(sc) == 1 and len(first_at) == 2
         else:
             missing_expected = [s for s in expected if s not in receptions]
             extra = sorted(s for s in receptions if s not in expected)
             once = not missing_expected and not extra and all(receptions[s] == 1 for s in expected)
+            right_instances = not missing_expected and not extra
         duplicates = sum(n - 1 for n in receptions.values())
+        in_flight = sum(
+            n - 1
+            for sop, n in receptions.items()
+            if n > 1 and any(0 <= k - first_at[sop] <= IN_FLIGHT_SECONDS for k in kills)
+        )
+        entry["duplicates_in_flight_at_kill"] = in_flight
+        once_but_in_flight = (
+            not once and in_flight == duplicates and right_instances and bool(sr and sc)
+        )
+        counts["not_exactly_once_in_flight_at_kill"] += once_but_in_flight
         entry["exactly_once"] = once and bool(sr and sc)
         entry["duplicate_receptions"] = duplicates
         entry["unexpected_instances"] = extra
@@ -620,6 +643,8 @@ def judge(
             "missing": counts["missing"],
             "exactly_once": counts["exactly_once"],
             "not_exactly_once": len(acks) - counts["exactly_once"],
+            # of which only by an instance in flight when the delivery worker was killed
+            "not_exactly_once_in_flight_at_kill": counts["not_exactly_once_in_flight_at_kill"],
             "duplicate_receptions": counts["duplicate_receptions"],
             "studies_with_duplicates": counts["studies_with_duplicates"],
             "studies_with_unexpected_instances": counts["studies_with_unexpected_instances"],
