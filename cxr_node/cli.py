@@ -1,5 +1,5 @@
 """The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status |
-conflicts | reprocess | purge | db | aet."""
+conflicts | reprocess | purge | db | aet | users | tokens."""
 
 from __future__ import annotations
 
@@ -134,6 +134,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     _common(purge)
     purge.add_argument("--dry-run", action="store_true", help="only say what would go")
+
+    from cxr_node.accounts_cli import add_parsers as add_account_parsers
+
+    add_account_parsers(commands, _common)
 
     db = commands.add_parser("db", help="the ledger's database")
     db_commands = db.add_subparsers(dest="db_command", required=True)
@@ -282,6 +286,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from cxr_node.reports import run_db_upgrade
 
         return run_db_upgrade(settings)
+    if args.command in {"users", "tokens"}:
+        from cxr_node.accounts_cli import run_tokens, run_users
+
+        return (run_users if args.command == "users" else run_tokens)(settings, args)
     if args.command == "aet":
         from cxr_node.sources_cli import run_aet
 

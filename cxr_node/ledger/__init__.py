@@ -9,6 +9,7 @@ and the read model (queries).
 
 from __future__ import annotations
 
+from cxr_node.ledger.accounts import AccountsLedger
 from cxr_node.ledger.claims import ClaimsLedger
 from cxr_node.ledger.clock import SYSTEM_CLOCK, Clock, ManualClock, SystemClock
 from cxr_node.ledger.deliveries import DeliveriesLedger
@@ -41,6 +42,7 @@ class Ledger(
     LivenessLedger,
     RetentionLedger,
     QueriesLedger,
+    AccountsLedger,
 ):
     """Records and answers where each study and instance is (one object, several parts)."""
 

@@ -187,3 +187,49 @@ holds a ``PATIENT_CONFLICT`` event row), which UID of the instance is known here
 patient (``known_as``: "Study Instance" or "SOP Instance"), the calling AE title and the refused
 SOP Instance UID. No patient data: the refused instance's patient values are never kept. Rows
 copied from older event rows lack ``known_as``, ``calling_ae`` and ``sop_instance_uid``."""
+
+
+# --- people and machines who use the web app and the API (since 0005) -------------------------
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("password_hash", sa.Text, nullable=False),  # argon2id (PHC string)
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("password_changed_at", sa.Float, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("token_id", sa.String(16), nullable=False, unique=True),  # public part
+    sa.Column("secret_hash", sa.String(64), nullable=False),  # sha256 of the secret part
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float),
+    sa.Column("revoked_at", sa.Float),
+)
+
+web_sessions = sa.Table(
+    "web_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),  # sha256 of the cookie value
+    sa.Column("user_name", sa.String(64), nullable=False, index=True),
+    sa.Column("csrf_token", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("actor", sa.String(80), nullable=False),  # user:NAME, token:NAME, cli
+    sa.Column("action", sa.String(40), nullable=False),
+    sa.Column("study_key", sa.String(80), index=True),
+    sa.Column("detail", sa.Text),
+)
