@@ -32,6 +32,7 @@ from cxr_node.ledger.rows import (
 )
 from cxr_node.ledger.sources import SourcesLedger
 from cxr_node.ledger.transitions import DeliveryState, IllegalTransition, StudyState
+from cxr_node.ledger.worklist import WorklistEntry, WorklistFilter, WorklistLedger, WorklistPage
 
 
 class Ledger(
@@ -43,6 +44,7 @@ class Ledger(
     RetentionLedger,
     QueriesLedger,
     AccountsLedger,
+    WorklistLedger,
 ):
     """Records and answers where each study and instance is (one object, several parts)."""
 
@@ -67,5 +69,8 @@ __all__ = [
     "StudyState",
     "SystemClock",
     "WorkerRow",
+    "WorklistEntry",
+    "WorklistFilter",
+    "WorklistPage",
     "masked",
 ]
