@@ -268,12 +268,18 @@ class Campaign:
 
     # --- echo probes ----------------------------------------------------------------------
 
-    def probe(self, when: str, watch: bool = True) -> fn.EchoResult:
-        """A timed C-ECHO, recorded; after a failure, how long until one is answered."""
+    def probe(self, when: str, watch: bool = True, *, case_probe: bool = False) -> fn.EchoResult:
+        """A timed C-ECHO, recorded; after a failure, how long until one is answered.
+
+        A probe from outside a case (periodic, during a volley) first waits while a
+        ``pdu:many_associations`` case holds the node's every association slot with real
+        associations (a refusal then is the limit working, not a lockout); ``case_probe``:
+        the case's own probe, made once its associations are released."""
+        waited = 0.0 if case_probe else self._wait_for_free_slots()
         answer = fn.echo(self.settings)
         entry = {
             "after_case": self.played,
-            "when": when,
+            "when": when + (f" (waited {waited:.1f} s for 40 real associations)" if waited else ""),
             "ok": answer.ok,
             "seconds": round(answer.seconds, 3),
             "result": answer.result,
@@ -299,6 +305,16 @@ class Campaign:
             say(f"LOCKOUT after case {self.played} ({when}): {answer.result}; {lockout}")
         return answer
 
+    def _wait_for_free_slots(self) -> float:
+        began = time.monotonic()
+        while time.monotonic() - began < 60.0:
+            with self.lock:
+                full = "pdu:many_associations" in self.playing.values()
+            if not full:
+                break
+            time.sleep(0.2)
+        return time.monotonic() - began if time.monotonic() - began > 0.01 else 0.0
+
     def in_flight(self) -> list[str]:
         with self.lock:
             return [f"{index}:{family}" for index, family in sorted(self.playing.items())]
@@ -316,7 +332,9 @@ class Campaign:
         with self.lock:
             self.playing[case.index] = case.family
         try:
-            return fn.play(case, self.settings, lambda: self.probe(f"after {case.family}"))
+            return fn.play(
+                case, self.settings, lambda: self.probe(f"after {case.family}", case_probe=True)
+            )
         finally:
             with self.lock:
                 self.playing.pop(case.index, None)
