@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,17 @@ from cxr_node.ledger.schema import deliveries, destination_leases, studies
 from cxr_node.ledger.transitions import DeliveryState, StudyState, move_delivery, move_study
 
 D = DeliveryState
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """What the ledger knows of a destination's health."""
+
+    failures: int
+    down_since: float | None
+    retry_at: float | None
+    pending: int
+    last_error: str | None
 
 
 def open_delivery(
@@ -190,6 +202,40 @@ class DeliveriesLedger(LedgerBase):
                 )
                 .values(next_attempt_at=until, last_error=error, updated_at=self.now())
             )
+
+    def destination_states(self) -> dict[str, DestinationState]:
+        """Every destination the ledger has met: failures in a row, down since, retry time,
+        pending deliveries and the latest error of one still pending or failed."""
+        with self._begin() as db:
+            leases = {row.destination: row for row in db.execute(sa.select(destination_leases))}
+            pending: dict[str, int] = dict(
+                db.execute(
+                    sa.select(deliveries.c.destination, sa.func.count())
+                    .where(deliveries.c.state == D.PENDING)
+                    .group_by(deliveries.c.destination)
+                ).all()
+            )
+            errors: dict[str, str] = {}
+            for row in db.execute(
+                sa.select(deliveries.c.destination, deliveries.c.last_error)
+                .where(
+                    deliveries.c.last_error.is_not(None),
+                    deliveries.c.state.in_([D.PENDING, D.FAILED]),
+                )
+                .order_by(deliveries.c.updated_at)
+            ):
+                errors[row.destination] = row.last_error
+        names = set(leases) | set(pending)
+        return {
+            name: DestinationState(
+                failures=int(leases[name].failures or 0) if name in leases else 0,
+                down_since=leases[name].down_since if name in leases else None,
+                retry_at=leases[name].retry_at if name in leases else None,
+                pending=int(pending.get(name, 0)),
+                last_error=errors.get(name),
+            )
+            for name in names
+        }
 
     def due_deliveries(self, destination: str, limit: int = 50) -> list[DeliveryRow]:
         """Pending deliveries to ``destination`` whose time has come, oldest first."""

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from cxr_node.ledger.base import LedgerBase
 from cxr_node.ledger.rows import StudyAttributes, StudyRow, study_row
-from cxr_node.ledger.schema import studies, study_attributes
+from cxr_node.ledger.schema import findings, studies, study_attributes
 
 BANDS = ("critical", "abnormal", "routine")
 """Worklist bands, most urgent first; a study without a priority is in the last."""
@@ -74,8 +74,10 @@ class WorklistLedger(LedgerBase):
         ageing_seconds: float,
         limit: int = 50,
         offset: int = 0,
+        study_key: str | None = None,
     ) -> WorklistPage:
-        """A page of the worklist, in reading order."""
+        """A page of the worklist, in reading order (``study_key``: that study alone, with its
+        band)."""
         now = self.now()
         band = sa.case(
             (studies.c.priority == BANDS[0], 0),
@@ -85,6 +87,8 @@ class WorklistLedger(LedgerBase):
         aged = studies.c.created_at < now - ageing_seconds
         effective = sa.case((sa.and_(aged, band > 0), band - 1), else_=band)
         where: list[sa.ColumnElement[bool]] = []
+        if study_key is not None:
+            where.append(studies.c.study_key == study_key)
         if wanted.states:
             where.append(studies.c.state.in_(list(wanted.states)))
         if wanted.priorities:
@@ -148,3 +152,21 @@ class WorklistLedger(LedgerBase):
             for row in rows
         ]
         return WorklistPage(entries, total)
+
+    def top_findings(self, study_keys: Collection[str], per_study: int = 3) -> dict[str, list[str]]:
+        """Per study, the labels of its present findings, most probable first (at most
+        ``per_study``; a label found in several images counts once)."""
+        if not study_keys:
+            return {}
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(findings.c.study_key, findings.c.label, findings.c.probability)
+                .where(findings.c.study_key.in_(list(study_keys)), findings.c.present.is_(True))
+                .order_by(findings.c.study_key, findings.c.probability.desc())
+            ).all()
+        top: dict[str, list[str]] = {}
+        for row in rows:
+            labels = top.setdefault(row.study_key, [])
+            if row.label not in labels and len(labels) < per_study:
+                labels.append(row.label)
+        return top

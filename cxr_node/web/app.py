@@ -1,0 +1,80 @@
+"""The FastAPI application: the API under ``/api/v1`` (OpenAPI at ``/api/openapi.json``,
+interactive docs at ``/api/docs``), health at ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from cxr_node.ledger import Ledger
+from cxr_node.settings import Settings
+from cxr_node.web import api, problems
+from cxr_node.web.state import WebState
+
+ReadinessCheck = Callable[[], str | None]
+"""A readiness check: None when ready, else what is wrong (no patient data)."""
+
+
+def create_app(
+    settings: Settings,
+    ledger: Ledger,
+    *,
+    readiness: Mapping[str, ReadinessCheck] | None = None,
+    ageing_seconds: float | None = None,
+    session_seconds: float | None = None,
+) -> FastAPI:
+    """The web app over ``ledger``; ``readiness`` names what ``/readyz`` checks."""
+    app = FastAPI(
+        title="cxr-node",
+        version="0.1.0",
+        summary="Chest X-ray AI triage node: worklist, studies and administration. "
+        "Results are AI-generated and not a diagnosis.",
+        openapi_url="/api/openapi.json",
+        docs_url="/api/docs",
+        redoc_url=None,
+    )
+    app.state.ledger = ledger
+    app.state.web = WebState(
+        settings=settings,
+        ageing_seconds=ageing_seconds if ageing_seconds is not None else 3600.0,
+        session_seconds=session_seconds if session_seconds is not None else 8 * 3600.0,
+    )
+    problems.install(app)
+    app.include_router(api.router)
+    checks = dict(readiness or {})
+    checks.setdefault("ledger", _ledger_check(ledger))
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The web server is alive."""
+        return {"status": "ok"}
+
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses={503: {"description": "not ready: names what is not"}},
+    )
+    def readyz() -> JSONResponse:
+        """Ready when every check passes (the DICOM listener, broker, ledger, spool space)."""
+        failing = {}
+        for name, check in checks.items():
+            try:
+                problem = check()
+            except Exception as exc:  # a check that fails is a reason, not a 500
+                problem = f"check failed: {type(exc).__name__}"
+            if problem:
+                failing[name] = problem
+        body = {"status": "not ready" if failing else "ready", "not_ready": failing}
+        return JSONResponse(body, status_code=503 if failing else 200)
+
+    return app
+
+
+def _ledger_check(ledger: Ledger) -> ReadinessCheck:
+    def check() -> str | None:
+        ledger.count_users()
+        return None
+
+    return check

@@ -1,0 +1,357 @@
+"""The REST API (issue 13) against the real app and ledger (FastAPI's TestClient): sessions and
+tokens, CSRF, slowed-down logins, problem documents, the worklist and a study, reprocessing,
+sources and destinations, the audit trail, and the whole matrix of roles x endpoints."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cxr_node.destinations import Destination
+from cxr_node.jobs import Priority
+from cxr_node.ledger import Ledger, ManualClock
+from cxr_node.settings import Settings
+from cxr_node.web import credentials
+from cxr_node.web.app import create_app
+from cxr_node.web.auth import CSRF_HEADER, SESSION_COOKIE, LoginThrottle
+from cxr_node.web.schemas import AI_NOTICE, DEMO_NOTICE
+from tests.unit._studies import seed_study
+
+PASSWORD = "a long enough password"
+PATIENT = "CANARY^PATIENT"
+STUDY = "1.2.826.0.1.3680043.10.99.1"
+
+
+@dataclass
+class Node:
+    client: TestClient
+    ledger: Ledger
+    clock: ManualClock
+    tokens: dict[str, str]
+    throttle_clock: list[float]
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    clock = ManualClock(2_000_000.0)
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}", clock=clock)
+    settings = Settings(
+        data_dir=tmp_path,
+        destinations=[Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=104)],
+    )
+    app = create_app(settings, ledger, ageing_seconds=3600.0, session_seconds=600.0)
+    throttle_clock = [0.0]
+    app.state.web.throttle = LoginThrottle(clock=lambda: throttle_clock[0])
+    tokens = {}
+    for role in ("viewer", "operator", "admin"):
+        ledger.add_user(role, role, credentials.hash_password(PASSWORD))
+        made = credentials.new_token()
+        ledger.add_token(f"{role}-bot", made.token_id, made.secret_hash, role)
+        tokens[role] = made.value
+    revoked = credentials.new_token()
+    ledger.add_token("old-bot", revoked.token_id, revoked.secret_hash, "admin")
+    ledger.revoke_token("old-bot")
+    tokens["revoked"] = revoked.value
+    with TestClient(app, base_url="https://testserver") as client:
+        yield Node(client, ledger, clock, tokens, throttle_clock)
+    ledger.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def log_in(node: Node, name: str, password: str = PASSWORD) -> dict[str, Any]:
+    answer = node.client.post("/api/v1/session", json={"name": name, "password": password})
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def assert_problem(answer: Any, status: int, kind: str) -> dict[str, Any]:
+    assert answer.status_code == status, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    body = dict(answer.json())
+    assert body["type"] == f"urn:cxr-node:problem:{kind}" and body["status"] == status
+    assert body["title"]
+    return body
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+def test_a_session_cookie_is_httponly_strict_secure_and_expires(node: Node) -> None:
+    answer = node.client.post("/api/v1/session", json={"name": "viewer", "password": PASSWORD})
+    assert answer.status_code == 200
+    cookie = answer.headers["set-cookie"]
+    for flag in ("HttpOnly", "SameSite=strict", "Secure", "Max-Age=600", "Path=/"):
+        assert flag.lower() in cookie.lower(), cookie
+    me = node.client.get("/api/v1/me").json()
+    assert me == {
+        "name": "viewer",
+        "kind": "user",
+        "role": "viewer",
+        "csrf_token": answer.json()["csrf_token"],
+    }
+    node.clock.advance(601)
+    assert_problem(node.client.get("/api/v1/me"), 401, "session-expired")
+
+
+def test_log_out_ends_the_session(node: Node) -> None:
+    log_in(node, "viewer")
+    stolen = node.client.cookies.get(SESSION_COOKIE)
+    assert node.client.delete("/api/v1/session").status_code == 204
+    assert_problem(node.client.get("/api/v1/me"), 401, "not-authenticated")
+    node.client.cookies.set(SESSION_COOKIE, stolen or "")
+    assert_problem(node.client.get("/api/v1/me"), 401, "session-expired")  # gone server-side
+
+
+def test_a_wrong_password_and_an_unknown_user_look_the_same(node: Node) -> None:
+    for name in ("viewer", "nobody"):
+        answer = node.client.post("/api/v1/session", json={"name": name, "password": "wrong!"})
+        body = assert_problem(answer, 401, "login-failed")
+        assert body["detail"] == "wrong name or password"
+
+
+def test_repeated_failed_logins_are_slowed_down(node: Node) -> None:
+    def attempt(password: str) -> Any:
+        return node.client.post("/api/v1/session", json={"name": "admin", "password": password})
+
+    for _ in range(5):
+        assert attempt("wrong").status_code == 401
+    refused = assert_problem(attempt(PASSWORD), 429, "too-many-logins")  # even the right one
+    assert refused["detail"].startswith("try again in")
+    assert attempt(PASSWORD).headers["retry-after"] == "1"
+    node.throttle_clock[0] += 1.1
+    assert attempt("wrong").status_code == 401  # the sixth failure: the next waits 2 s
+    assert attempt(PASSWORD).headers["retry-after"] == "2"
+    other = node.client.post("/api/v1/session", json={"name": "viewer", "password": PASSWORD})
+    assert other.status_code == 429  # the same client address is slowed down too
+    node.throttle_clock[0] += 2.5
+    assert attempt(PASSWORD).status_code == 200  # the right password, once the wait is over
+
+
+def test_a_session_must_send_its_csrf_token_to_change_anything(node: Node) -> None:
+    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE)
+    session = log_in(node, "operator")
+    path = f"/api/v1/studies/{STUDY}/reprocess"
+    assert_problem(node.client.post(path), 403, "csrf-failed")
+    assert_problem(node.client.post(path, headers={CSRF_HEADER: "guess"}), 403, "csrf-failed")
+    answer = node.client.post(path, headers={CSRF_HEADER: session["csrf_token"]})
+    assert answer.status_code == 202, answer.text
+
+
+def test_a_revoked_or_unknown_token_is_refused(node: Node) -> None:
+    for token in (node.tokens["revoked"], "cxr_nope_nope", "garbage"):
+        answer = node.client.get("/api/v1/me", headers=bearer(token))
+        assert_problem(answer, 401, "invalid-token")
+        assert "invalid_token" in answer.headers["www-authenticate"]
+    answer = node.client.get("/api/v1/me", headers={"Authorization": "Basic abc"})
+    assert_problem(answer, 401, "not-authenticated")
+
+
+# --- studies ----------------------------------------------------------------------------------
+
+
+def test_the_worklist_comes_in_reading_order_with_patient_data_and_notices(node: Node) -> None:
+    seed_study(node.ledger, "1.1", priority=Priority.ROUTINE, score=0.2)
+    node.clock.advance(10)
+    seed_study(node.ledger, "1.2", priority=Priority.CRITICAL, score=0.8, patient_name=PATIENT)
+    node.clock.advance(10)
+    seed_study(node.ledger, "1.3", priority=Priority.ABNORMAL, score=0.6, demo=False)
+    answer = node.client.get("/api/v1/studies", headers=bearer(node.tokens["viewer"]))
+    assert answer.status_code == 200, answer.text
+    page = answer.json()
+    assert page["total"] == 3
+    assert [s["study_uid"] for s in page["items"]] == ["1.2", "1.3", "1.1"]
+    critical = page["items"][0]
+    assert critical["band"] == "critical" and critical["top_findings"] == ["Pneumothorax"]
+    assert critical["patient"]["patient_name"] == PATIENT
+    assert critical["notices"] == [AI_NOTICE, DEMO_NOTICE]
+    assert page["items"][1]["notices"] == [AI_NOTICE]  # a trained model: no DEMO notice
+    assert critical["waiting_seconds"] == 10.0
+    filtered = node.client.get(
+        "/api/v1/studies",
+        params={"priority": ["critical", "abnormal"], "limit": 1, "offset": 1},
+        headers=bearer(node.tokens["viewer"]),
+    ).json()
+    assert filtered["total"] == 2 and [s["study_uid"] for s in filtered["items"]] == ["1.3"]
+    found = node.client.get(
+        "/api/v1/studies", params={"q": "canary"}, headers=bearer(node.tokens["viewer"])
+    ).json()
+    assert [s["study_uid"] for s in found["items"]] == ["1.2"]
+
+
+def test_invalid_parameters_are_named_in_the_problem(node: Node) -> None:
+    answer = node.client.get(
+        "/api/v1/studies", params={"limit": 0}, headers=bearer(node.tokens["viewer"])
+    )
+    body = assert_problem(answer, 422, "invalid-request")
+    assert body["errors"][0]["field"] == "query.limit"
+
+
+def test_a_study_in_full_and_its_view_audited_without_patient_data_in_the_log(
+    node: Node, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    seed_study(node.ledger, STUDY, priority=Priority.CRITICAL, score=0.9, patient_name=PATIENT)
+    log_in(node, "viewer")
+    answer = node.client.get(f"/api/v1/studies/{STUDY}")
+    assert answer.status_code == 200, answer.text
+    study = answer.json()
+    assert study["state"] == "analysed" and study["priority"] == "critical"
+    assert [i["sop_instance_uid"] for i in study["images"]] == [f"{STUDY}.1"]
+    assert {f["label"]: f["present"] for f in study["findings"]} == {
+        "Pneumothorax": True,
+        "Effusion": False,
+    }
+    assert study["findings"][0]["code"] == {
+        "value": "36118008",
+        "scheme": "SCT",
+        "meaning": "Pneumothorax",
+    }
+    assert sorted(r["kind"] for r in study["results"]) == ["sc", "sr"]
+    assert [h["state"] for h in study["history"]][-1] == "analysed"
+    assert study["model"] == {"name": "cxr-demo", "version": "0.1", "demo": True}
+    trail = node.ledger.audit_trail(STUDY)
+    assert [(a.actor, a.action) for a in trail] == [("user:viewer", "view_study")]
+    assert_problem(node.client.get("/api/v1/studies/9.9.9"), 404, "not-found")
+    assert PATIENT not in caplog.text and "CANARY" not in caplog.text
+
+
+def test_reprocess_sends_the_study_back_and_a_busy_one_is_a_conflict(node: Node) -> None:
+    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE)
+    headers = bearer(node.tokens["operator"])
+    answer = node.client.post(f"/api/v1/studies/{STUDY}/reprocess", headers=headers)
+    assert answer.status_code == 202 and "analysed" in answer.json()["detail"]
+    study = node.ledger.study(STUDY)
+    assert study is not None and study.state.value in {"received", "queued"}
+    node.ledger.mark_queued(STUDY)
+    assert node.ledger.claim(STUDY, lease_seconds=60)
+    busy = node.client.post(f"/api/v1/studies/{STUDY}/reprocess", headers=headers)
+    assert_problem(busy, 409, "study-busy")
+    actions = [(a.actor, a.action) for a in node.ledger.audit_trail(STUDY)]
+    assert actions == [("token:operator-bot", "reprocess")]
+
+
+# --- sources and destinations ------------------------------------------------------------------
+
+
+def test_sources_are_added_listed_and_removed(node: Node) -> None:
+    headers = bearer(node.tokens["admin"])
+    added = node.client.post(
+        "/api/v1/sources",
+        json={"ae_title": "MODALITY1", "destinations": ["pacs"]},
+        headers=headers,
+    )
+    assert added.status_code == 201, added.text
+    listed = node.client.get("/api/v1/sources", headers=headers).json()
+    assert listed == [
+        {"ae_title": "MODALITY1", "host": None, "destinations": ["pacs"], "origin": "ledger"}
+    ]
+    unknown = node.client.post(
+        "/api/v1/sources", json={"ae_title": "X", "destinations": ["nowhere"]}, headers=headers
+    )
+    assert assert_problem(unknown, 422, "invalid-request")["errors"][0]["field"] == (
+        "body.destinations"
+    )
+    bad = node.client.post("/api/v1/sources", json={"ae_title": "A\\B"}, headers=headers)
+    assert_problem(bad, 422, "invalid-request")
+    assert node.client.delete("/api/v1/sources/MODALITY1", headers=headers).status_code == 204
+    gone = node.client.delete("/api/v1/sources/MODALITY1", headers=headers)
+    assert_problem(gone, 404, "not-found")
+
+
+def test_destinations_show_their_state(node: Node) -> None:
+    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE, destinations=["pacs"])
+    assert node.ledger.acquire_destination("pacs", 60) is not None
+    node.ledger.note_destination_failure("pacs")
+    node.ledger.defer_destination("pacs", node.clock.now() + 30, "connection refused")
+    answer = node.client.get("/api/v1/destinations", headers=bearer(node.tokens["viewer"]))
+    (pacs,) = answer.json()
+    assert pacs["name"] == "pacs" and pacs["address"] == "PACS@127.0.0.1:104"
+    assert pacs["up"] is False and pacs["failures"] == 1 and pacs["pending"] == 1
+    assert pacs["last_error"] == "connection refused"
+
+
+# --- the role matrix --------------------------------------------------------------------------
+
+ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
+    # method, path, least role, JSON body, status when allowed
+    ("GET", "/api/v1/me", "viewer", None, 200),
+    ("GET", "/api/v1/studies", "viewer", None, 200),
+    ("GET", f"/api/v1/studies/{STUDY}", "viewer", None, 200),
+    ("GET", "/api/v1/destinations", "viewer", None, 200),
+    ("POST", f"/api/v1/studies/{STUDY}/reprocess", "operator", None, 202),
+    ("GET", "/api/v1/sources", "admin", None, 200),
+    ("POST", "/api/v1/sources", "admin", {"ae_title": "MATRIX"}, 201),
+    ("DELETE", "/api/v1/sources/MATRIX", "admin", None, 204),
+]
+ROLES = ["viewer", "operator", "admin"]
+
+
+@pytest.mark.parametrize("credential", ["none", "revoked", "expired", *ROLES, *(
+    f"session-{role}" for role in ROLES
+)])  # fmt: skip
+def test_every_endpoint_checks_every_kind_of_caller(node: Node, credential: str) -> None:
+    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE)
+    headers: dict[str, str] = {}
+    role = None
+    if credential in ROLES:
+        headers, role = bearer(node.tokens[credential]), credential
+    elif credential == "revoked":
+        headers = bearer(node.tokens["revoked"])
+    elif credential.startswith("session-") or credential == "expired":
+        role = credential.removeprefix("session-") if credential != "expired" else "admin"
+        headers = {CSRF_HEADER: log_in(node, role)["csrf_token"]}
+        if credential == "expired":
+            node.clock.advance(601)
+            role = None
+    for method, path, least, body, allowed in ENDPOINTS:
+        if method == "DELETE" and role is not None and ROLES.index(role) >= 2:
+            node.ledger.put_source(_matrix_source())
+        answer = node.client.request(method, path, json=body, headers=headers)
+        if role is None:
+            assert answer.status_code == 401, (credential, method, path, answer.text)
+        elif ROLES.index(role) < ROLES.index(least):
+            assert_problem(answer, 403, "forbidden")
+        else:
+            assert answer.status_code == allowed, (credential, method, path, answer.text)
+        if method == "POST" and "reprocess" in path and answer.status_code == 202:
+            _settle(node)
+
+
+def _matrix_source() -> Any:
+    from cxr_node.destinations import SourceRule
+
+    return SourceRule(ae_title="MATRIX")
+
+
+def _settle(node: Node) -> None:
+    """Bring a reprocessed study back to ANALYSED so that the next caller may reprocess it."""
+    seed_again = node.ledger.study(STUDY)
+    assert seed_again is not None
+    node.ledger.mark_queued(STUDY)
+    token = node.ledger.claim(STUDY, lease_seconds=60)
+    assert node.ledger.record_results(STUDY, [], [], token)
+
+
+def test_the_openapi_document_describes_every_endpoint(node: Node) -> None:
+    document = node.client.get("/api/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for method, path, *_ in ENDPOINTS:
+        template = path.replace(STUDY, "{study_uid}").replace("MATRIX", "{ae_title}")
+        assert method.lower() in paths[template], template
+    assert node.client.get("/api/docs").status_code == 200
+
+
+def test_health_and_readiness(node: Node) -> None:
+    assert node.client.get("/healthz").json() == {"status": "ok"}
+    ready = node.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready"
