@@ -87,6 +87,13 @@ def log_in(
     body: LoginRequest, request: Request, response: Response, ledger: LedgerDep, web: StateDep
 ) -> SessionInfo:
     """Log in with a name and password: sets the session cookie, returns the CSRF token."""
+    return open_session(body, request, response, ledger, web)
+
+
+def open_session(
+    body: LoginRequest, request: Request, response: Response, ledger: Ledger, web: WebState
+) -> SessionInfo:
+    """Check the password (slowed down after failures), open a session, set its cookie."""
     client = request.client.host if request.client else "?"
     keys = (f"user:{body.name}", f"client:{client}")
     wait = web.throttle.wait_seconds(*keys)

@@ -4,13 +4,14 @@ interactive docs at ``/api/docs``), health at ``/healthz`` and ``/readyz``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from urllib.parse import urlencode
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from cxr_node.ledger import Ledger
 from cxr_node.settings import Settings
-from cxr_node.web import api, problems
+from cxr_node.web import api, pages, problems
 from cxr_node.web.state import WebState
 
 ReadinessCheck = Callable[[], str | None]
@@ -43,6 +44,22 @@ def create_app(
     )
     problems.install(app)
     app.include_router(api.router)
+    app.include_router(pages.router)
+
+    async def to_login(request: Request, exc: Exception) -> RedirectResponse:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse("/login?" + urlencode({"next": target}), status_code=303)
+
+    app.add_exception_handler(pages.LoginRequired, to_login)
+
+    async def problem_page(request: Request, exc: Exception) -> Response:
+        """Problems of the pages as a page; of the API as a problem document."""
+        assert isinstance(exc, problems.Problem)
+        if request.url.path.startswith("/api/"):
+            return problems.problem_response(request, exc)
+        return pages.render(request, "message.html", exc.status, message=exc.detail or exc.title)
+
+    app.add_exception_handler(problems.Problem, problem_page)
     checks = dict(readiness or {})
     checks.setdefault("ledger", _ledger_check(ledger))
 

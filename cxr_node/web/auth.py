@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -185,7 +185,7 @@ async def _form_csrf(request: Request) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def requires(role: Role) -> Callable[..., object]:
+def requires(role: Role) -> Callable[..., Awaitable[Principal]]:
     """Dependency factory: the caller must hold ``role`` (or one above); a session's unsafe
     request must carry its CSRF token."""
 
