@@ -10,6 +10,7 @@ STAMP := $(VENV)/.cxr-node-installed
 PORT ?= 11112
 AE_TITLE ?= CXR_NODE
 DATA_DIR ?= var
+HTTP_PORT ?= 8080
 DESTINATION ?=
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl
 SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl
@@ -52,8 +53,11 @@ run: install demo-model
 	@echo "  Results (SR + heatmap SC) are written under $(DATA_DIR)/spool/<study>/results/"
 	@echo "  and sent to $(if $(DESTINATION),$(DESTINATION),no destination: make run DESTINATION=AE@HOST:PORT)."
 	@echo "  The model is a DEMO (random weights, not trained): its results mean nothing clinically."
+	@echo "  Worklist and API:         http://localhost:$(HTTP_PORT)/  (API docs: /api/docs)"
+	@echo "  Log in as admin; on the first start serve prints its password below and keeps it in"
+	@echo "  $(DATA_DIR)/initial-admin-password (more users: $(BIN)/cxr-node users add NAME --role viewer)."
 	@echo ""
-	exec $(BIN)/cxr-node serve --port $(PORT) --ae-title $(AE_TITLE) --data-dir $(DATA_DIR) \
+	exec $(BIN)/cxr-node serve --port $(PORT) --http-port $(HTTP_PORT) --ae-title $(AE_TITLE) --data-dir $(DATA_DIR) \
 		$(if $(DESTINATION),--destination $(DESTINATION),)
 
 system-deps:

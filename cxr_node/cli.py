@@ -1,4 +1,4 @@
-"""The ``cxr-node`` command: serve | worker | analyze | check | models | studies | status |
+"""The ``cxr-node`` command: serve | web | worker | analyze | check | models | studies | status |
 conflicts | reprocess | purge | db | aet | users | tokens."""
 
 from __future__ import annotations
@@ -46,6 +46,16 @@ def _parser() -> argparse.ArgumentParser:
         dest="study_quiet_seconds",
         help="wait this long after a study's last image before analysing it",
     )
+
+    serve.add_argument(
+        "--http-port", type=int, dest="http_port", help="the web app's port (0: no web app)"
+    )
+
+    web = commands.add_parser(
+        "web", help="run the web app alone (worklist, API, metrics) against the ledger"
+    )
+    _common(web)
+    web.add_argument("--http-port", type=int, dest="http_port")
 
     worker = commands.add_parser("worker", help="run an analysis worker (the GPU side)")
     _common(worker)
@@ -188,6 +198,7 @@ _SETTING_FLAGS = (
     "destinations",
     "broker_url",
     "study_quiet_seconds",
+    "http_port",
 )
 
 
@@ -221,6 +232,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         serve(settings)
         return 0
+    if args.command == "web":
+        from cxr_node.web.server import run_web
+
+        if not settings.http_port:
+            print("cxr-node: web needs an http_port", file=sys.stderr)
+            return 2
+        return run_web(settings)
     if args.command == "worker":
         if args.exit_with_parent:
             from cxr_node.embedded import exit_with_parent

@@ -1,4 +1,5 @@
-"""``cxr-node serve``: the DICOM listener, study assembly, and (embedded) the local worker."""
+"""``cxr-node serve``: the DICOM listener, study assembly, the web app, and (embedded) the local
+worker."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import threading
 import time
 from types import FrameType
+from typing import Any
 
 from cxr_node.assembly import StudyAssembler
 from cxr_node.demo import demo_mode
@@ -21,6 +23,7 @@ from cxr_node.queue import JobQueue
 from cxr_node.retention import PURGE_INTERVAL_SECONDS, Purger
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
+from cxr_node.web.server import WebServer, build_app, ensure_first_admin
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +84,7 @@ def serve(settings: Settings) -> None:
         else None
     )
     server = start_server(settings, handler, gate)
+    web = _start_web(settings, ledger, spool, queue, server)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -106,10 +110,52 @@ def serve(settings: Settings) -> None:
         assembler.run(stop)
     finally:
         server.shutdown()
+        if web is not None:
+            web.stop()
         for supervisor in supervisors:
             supervisor.stop()
         ledger.close()
         log.info("stopped")
+
+
+def _start_web(
+    settings: Settings, ledger: Ledger, spool: Spool, queue: JobQueue, server: Any
+) -> WebServer | None:
+    """The web app in a thread (``http_port`` 0: none). A port it cannot bind is logged as an
+    error and the DICOM listener goes on: receiving images matters more than the pages."""
+    if not settings.http_port:
+        return None
+
+    def listener() -> str | None:
+        return None if server.socket.fileno() != -1 else "the DICOM listener is closed"
+
+    def broker() -> str | None:
+        try:
+            queue.check_broker(timeout=2.0)
+        except Exception as exc:
+            return f"broker unreachable ({type(exc).__name__})"
+        return None
+
+    def spool_space() -> str | None:
+        free = spool.free_bytes()
+        if free < settings.spool_min_free_bytes:
+            return f"spool has {free} bytes free, under spool_min_free_bytes"
+        return None
+
+    ensure_first_admin(settings, ledger)
+    app = build_app(
+        settings,
+        ledger,
+        readiness={"dicom_listener": listener, "broker": broker, "spool": spool_space},
+    )
+    web = WebServer(settings, app)
+    try:
+        web.start()
+    except OSError as exc:
+        log.error("web app not started on port %d: %s", settings.http_port, exc)
+        return None
+    log.info("web app on %s (worklist, API at /api/v1, docs at /api/docs)", web.url)
+    return web
 
 
 PARTIAL_FILES_KEPT_SECONDS = 3600.0

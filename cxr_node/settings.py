@@ -31,6 +31,15 @@ class EnsembleMember(BaseModel):
     weight: float = Field(default=1.0, gt=0.0)
 
 
+class HttpTls(BaseModel):
+    """HTTPS for the web app: its certificate (PEM, with the chain) and private key."""
+
+    model_config = {"extra": "forbid"}
+
+    cert_file: Path
+    key_file: Path
+
+
 class Settings(BaseSettings):
     """Validated configuration of a cxr-node process (serve, worker, analyze)."""
 
@@ -137,6 +146,22 @@ class Settings(BaseSettings):
         description="delete a finished study's files this long after it finished; 0 keeps all",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="the web app's port (worklist, API, metrics); 0: serve runs no web server",
+    )
+    http_bind_address: str = Field(default="0.0.0.0", description="address the web app binds")
+    http_tls: HttpTls | None = Field(default=None, description="HTTPS for the web app")
+    worklist_ageing_minutes: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="a study waiting this long climbs one worklist band (nothing waits forever)",
+    )
+    session_hours: float = Field(
+        default=8.0, gt=0.0, le=24 * 30, description="a web session expires after this"
+    )
 
     @field_validator("ae_title")
     @classmethod

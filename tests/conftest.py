@@ -15,6 +15,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Every serve a test starts (in-process or as a subprocess, which inherits this) runs no web
+# server unless the test asks for one: many run at once, and port 8080 is one port. The web
+# tests give their own serve an environment without this variable.
+os.environ.setdefault("CXR_NODE_HTTP_PORT", "0")
+
 
 def free_port() -> int:
     """A TCP port that is free on loopback now."""
