@@ -29,12 +29,12 @@ def test_make_run_from_fresh_clone_answers_echo(tmp_path: Path) -> None:
         pytest.skip("not a git checkout with commits")
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_NODE_", "VIRTUAL_ENV"))}
     log_path = tmp_path / "make-run.log"
     with log_path.open("wb") as log:
         make = subprocess.Popen(
-            ["make", "run", f"PORT={port}", "DATA_DIR=var"],
+            ["make", "run", f"PORT={port}", f"HTTP_PORT={http_port}", "DATA_DIR=var"],
             cwd=clone,
             env=env,
             stdout=log,
@@ -58,6 +58,7 @@ def test_make_run_from_fresh_clone_answers_echo(tmp_path: Path) -> None:
         assert problem is None, f"no C-ECHO {elapsed:.0f} s after install: {log_path.read_text()}"
         print(f"C-ECHO answered {elapsed:.1f} s after the install finished")
         assert "DEMO" in log_path.read_text()
+        _log_in_as_printed(log_path, http_port)
     finally:
         os.killpg(make.pid, signal.SIGTERM)
         try:
@@ -70,3 +71,22 @@ def test_make_run_from_fresh_clone_answers_echo(tmp_path: Path) -> None:
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _log_in_as_printed(log_path: Path, http_port: int) -> None:
+    """make run says where the web app is and how to log in; that works."""
+    import re
+
+    import httpx2 as httpx
+
+    deadline = time.monotonic() + 30
+    while not _listening(http_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    text = log_path.read_text()
+    assert f"http://localhost:{http_port}/" in text
+    password = re.findall(r"user 'admin' created with password (\S+)", text)
+    assert len(password) == 1, text
+    with httpx.Client(base_url=f"http://127.0.0.1:{http_port}", timeout=10) as client:
+        answer = client.post("/api/v1/session", json={"name": "admin", "password": password[0]})
+        assert answer.status_code == 200, answer.text
+        assert client.get("/").status_code == 200
