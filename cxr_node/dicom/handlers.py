@@ -25,6 +25,7 @@ from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.ledger import Ledger
 from cxr_node.ledger.rows import PatientConflict, StudyAttributes
 from cxr_node.logs import traceback_frames
+from cxr_node.metrics import count_store
 from cxr_node.spool import Spool, log_ref, safe_key
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,11 @@ class StoreHandler:
 
     def __call__(self, event: Any) -> int:
         """Handle one ``evt.EVT_C_STORE``; always return a status, never raise."""
+        code = self._answer(event)
+        count_store(code)
+        return code
+
+    def _answer(self, event: Any) -> int:
         calling_ae = str(getattr(event.assoc.requestor, "ae_title", "") or "").strip()
         try:
             return self._store(event, calling_ae)

@@ -16,6 +16,7 @@ from cxr_node.ledger.deliveries import DeliveriesLedger
 from cxr_node.ledger.engine import LedgerUnavailable, masked
 from cxr_node.ledger.intake import IntakeLedger
 from cxr_node.ledger.liveness import LivenessLedger
+from cxr_node.ledger.metrics import MetricsLedger
 from cxr_node.ledger.queries import QueriesLedger
 from cxr_node.ledger.retention import RetentionLedger
 from cxr_node.ledger.rows import (
@@ -45,6 +46,7 @@ class Ledger(
     QueriesLedger,
     AccountsLedger,
     WorklistLedger,
+    MetricsLedger,
 ):
     """Records and answers where each study and instance is (one object, several parts)."""
 

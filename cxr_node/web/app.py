@@ -4,14 +4,17 @@ interactive docs at ``/api/docs``), health at ``/healthz`` and ``/readyz``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Annotated
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from cxr_node.ledger import Ledger
 from cxr_node.settings import Settings
-from cxr_node.web import api, pages, problems
+from cxr_node.web import api, metrics, pages, problems
+from cxr_node.web.auth import Principal, requires
+from cxr_node.web.credentials import Role
 from cxr_node.web.state import WebState
 
 ReadinessCheck = Callable[[], str | None]
@@ -55,13 +58,25 @@ def create_app(
     async def problem_page(request: Request, exc: Exception) -> Response:
         """Problems of the pages as a page; of the API as a problem document."""
         assert isinstance(exc, problems.Problem)
-        if request.url.path.startswith("/api/"):
+        if request.url.path.startswith(("/api/", "/metrics", "/healthz", "/readyz")):
             return problems.problem_response(request, exc)
         return pages.render(request, "message.html", exc.status, message=exc.detail or exc.title)
 
     app.add_exception_handler(problems.Problem, problem_page)
     checks = dict(readiness or {})
     checks.setdefault("ledger", _ledger_check(ledger))
+
+    registry = metrics.ledger_registry(ledger, settings.spool_path)
+
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=PlainTextResponse,
+        responses={401: {"model": problems.ProblemDocument, "description": "not authenticated"}},
+    )
+    def prometheus(_: Annotated[Principal, Depends(requires(Role.VIEWER))]) -> Response:
+        """Prometheus text format (a viewer's token: ``authorization`` in the scrape config)."""
+        return Response(metrics.exposition(registry), media_type=metrics.CONTENT_TYPE)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -355,3 +355,29 @@ def test_health_and_readiness(node: Node) -> None:
     assert node.client.get("/healthz").json() == {"status": "ok"}
     ready = node.client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["status"] == "ready"
+
+
+def test_metrics_count_studies_deliveries_and_durations_without_patient_data(
+    node: Node,
+) -> None:
+    from cxr_node.metrics import count_store
+
+    node.clock.advance(1)
+    seed_study(node.ledger, "5.1", priority=Priority.CRITICAL, patient_name=PATIENT,
+               destinations=["pacs"])  # fmt: skip
+    seed_study(node.ledger, "5.2", priority=None)
+    count_store(0xC003)
+    assert_problem(node.client.get("/metrics"), 401, "not-authenticated")
+    answer = node.client.get("/metrics", headers=bearer(node.tokens["viewer"]))
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    text = answer.text
+    assert 'cxr_studies{state="analysed"} 1.0' in text
+    assert 'cxr_studies{state="received"} 1.0' in text
+    assert 'cxr_deliveries{destination="pacs",state="pending"} 1.0' in text
+    assert "cxr_analysis_queue_depth 0.0" in text
+    assert 'cxr_receipt_to_analysed_seconds_bucket{le="+Inf"} 1.0' in text
+    assert "cxr_receipt_to_analysed_seconds_count 1.0" in text
+    assert 'cxr_instances_received_total{status="0xC003"}' in text
+    assert "cxr_spool_free_bytes" in text
+    for private in (PATIENT, "CANARY", "PID-1", "ACC-1", "5.1.1"):
+        assert private not in text
