@@ -356,6 +356,50 @@ class DeliveriesLedger(LedgerBase):
                     detail="DELIVERY_FAILED",
                 )
 
+    def retry_delivery(self, study_key: str, destination: str) -> str | None:
+        """An operator asks for a study's results to go to ``destination`` again (all of them:
+        the destination may have lost them). Returns None when the delivery is pending again
+        (due now, or when the destination's backoff ends), else why not. A study that came to
+        rest as DELIVERED, or FAILED because a delivery failed, is ANALYSED again until the
+        delivery ends; its analysis time is kept."""
+        now = self.now()
+        with self._begin() as db:
+            study = db.execute(
+                sa.select(studies.c.state, studies.c.reason_code)
+                .where(studies.c.study_key == study_key)
+                .with_for_update()
+            ).first()
+            if study is None:
+                return "unknown study"
+            known = db.execute(
+                sa.select(deliveries.c.state).where(
+                    deliveries.c.study_key == study_key, deliveries.c.destination == destination
+                )
+            ).first()
+            if known is None:
+                return f"the study has no delivery to {destination}"
+            state = StudyState(study.state)
+            if state in {StudyState.RECEIVED, StudyState.QUEUED, StudyState.ANALYSING}:
+                return "the study is being analysed; its results go out when it is done"
+            if state is StudyState.FAILED and study.reason_code != "DELIVERY_FAILED":
+                return "the study's analysis failed: there is nothing to send"
+            open_delivery(db, study_key, destination, now)
+            if state in {StudyState.DELIVERED, StudyState.FAILED}:
+                move_study(
+                    db,
+                    now,
+                    study_key,
+                    StudyState.ANALYSED,
+                    when=(state,),
+                    values={
+                        "analysed_at": studies.c.analysed_at,
+                        "reason_code": None,
+                        "reason": None,
+                    },
+                    detail=f"delivery to {destination} requested again",
+                )
+        return None
+
     def record_instance_sent(
         self, study_key: str, destination: str, sop_instance_uid: str, *, opened_at: float
     ) -> None:

@@ -55,9 +55,11 @@ STUDY_TRANSITIONS: Mapping[StudyState | None, frozenset[StudyState]] = {
     S.ANALYSING: frozenset({S.ANALYSING, S.ANALYSED, S.FAILED, S.RECEIVED, S.QUEUED}),
     # every delivery done; a delivery failed for good; a new image or a reprocess request
     S.ANALYSED: frozenset({S.DELIVERED, S.FAILED, S.RECEIVED}),
-    S.DELIVERED: frozenset({S.RECEIVED}),
+    # a new image or a reprocess request; an operator resends a delivery (results kept)
+    S.DELIVERED: frozenset({S.RECEIVED, S.ANALYSED}),
     S.NOT_ELIGIBLE: frozenset({S.RECEIVED}),
-    S.FAILED: frozenset({S.RECEIVED}),
+    # reprocess; an operator resends a delivery that failed for good (DELIVERY_FAILED only)
+    S.FAILED: frozenset({S.RECEIVED, S.ANALYSED}),
 }
 """From state (None: no row yet) -> the states it may change to."""
 

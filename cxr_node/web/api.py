@@ -38,6 +38,7 @@ from cxr_node.web.schemas import (
     ImageOut,
     LoginRequest,
     Me,
+    ModelOut,
     ModelSummary,
     PatientStudy,
     ResultOut,
@@ -344,6 +345,51 @@ def reprocess(study_uid: str, principal: Operator, ledger: LedgerDep) -> Accepte
     ledger.record_audit(principal.actor, "reprocess", key, f"from {previous.value}")
     log.info("%s asked to reprocess study %s", principal.actor, log_ref(key))
     return Accepted(detail=f"the study ({previous.value}) will be analysed again")
+
+
+@router.post(
+    "/studies/{study_uid}/deliveries/{destination}/retry",
+    response_model=Accepted,
+    status_code=202,
+    tags=["studies"],
+    responses={
+        404: {"model": ProblemDocument, "description": "unknown study"},
+        409: {"model": ProblemDocument, "description": "nothing to send to that destination now"},
+    },
+)
+def retry_delivery(
+    study_uid: str, destination: str, principal: Operator, ledger: LedgerDep
+) -> Accepted:
+    """Send the study's results to the destination again (every result object)."""
+    key = safe_key(study_uid)
+    if ledger.study(key) is None:
+        raise not_found(f"study {study_uid[:80]!r}")
+    problem = ledger.retry_delivery(key, destination)
+    if problem is not None:
+        raise Problem(409, "cannot-resend", "Cannot resend now", problem)
+    ledger.record_audit(principal.actor, "resend", key, f"to {destination}")
+    log.info("%s asked to resend study %s to %s", principal.actor, log_ref(key), destination)
+    return Accepted(detail=f"the results will be sent to {destination} again")
+
+
+@router.get("/models", response_model=list[ModelOut], tags=["models"])
+def list_models(principal: Viewer, web: StateDep) -> list[ModelOut]:
+    """The installed model bundles; DEMO ones are untrained and say so."""
+    from workers.bundles import list_bundles  # metadata only: no torch
+
+    weights = {member.bundle: member.weight for member in web.settings.ensemble}
+    return [
+        ModelOut(
+            name=bundle.metadata.name,
+            version=bundle.metadata.version,
+            description=bundle.metadata.description,
+            demo=bundle.metadata.demo,
+            architecture=bundle.metadata.architecture,
+            labels=[label.name for label in bundle.metadata.labels],
+            ensemble_weight=weights.get(bundle.path.name),
+        )
+        for bundle in list_bundles(web.settings.models_path)
+    ]
 
 
 # --- sources and destinations -----------------------------------------------------------------

@@ -194,3 +194,18 @@ class DestinationOut(BaseModel):
     failures: int
     pending: int
     last_error: str | None = None
+
+
+class ModelOut(BaseModel):
+    """An installed model bundle."""
+
+    name: str
+    version: str
+    description: str
+    demo: bool = Field(description="untrained demo weights: no clinical meaning")
+    architecture: str
+    labels: list[str]
+    ensemble_weight: float | None = Field(
+        default=None, description="its weight when the configuration names the ensemble"
+    )
+

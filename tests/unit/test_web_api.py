@@ -287,6 +287,8 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("GET", "/api/v1/studies", "viewer", None, 200),
     ("GET", f"/api/v1/studies/{STUDY}", "viewer", None, 200),
     ("GET", "/api/v1/destinations", "viewer", None, 200),
+    ("GET", "/api/v1/models", "viewer", None, 200),
+    ("POST", f"/api/v1/studies/{STUDY}/deliveries/pacs/retry", "operator", None, 202),
     ("POST", f"/api/v1/studies/{STUDY}/reprocess", "operator", None, 202),
     ("GET", "/api/v1/sources", "admin", None, 200),
     ("POST", "/api/v1/sources", "admin", {"ae_title": "MATRIX"}, 201),
@@ -299,7 +301,7 @@ ROLES = ["viewer", "operator", "admin"]
     f"session-{role}" for role in ROLES
 )])  # fmt: skip
 def test_every_endpoint_checks_every_kind_of_caller(node: Node, credential: str) -> None:
-    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE)
+    seed_study(node.ledger, STUDY, priority=Priority.ROUTINE, destinations=["pacs"])
     headers: dict[str, str] = {}
     role = None
     if credential in ROLES:
@@ -338,7 +340,7 @@ def _settle(node: Node) -> None:
     assert seed_again is not None
     node.ledger.mark_queued(STUDY)
     token = node.ledger.claim(STUDY, lease_seconds=60)
-    assert node.ledger.record_results(STUDY, [], [], token)
+    assert node.ledger.record_results(STUDY, [], ["pacs"], token)
 
 
 def test_the_openapi_document_describes_every_endpoint(node: Node) -> None:
@@ -346,7 +348,11 @@ def test_the_openapi_document_describes_every_endpoint(node: Node) -> None:
     assert document["openapi"].startswith("3.")
     paths = document["paths"]
     for method, path, *_ in ENDPOINTS:
-        template = path.replace(STUDY, "{study_uid}").replace("MATRIX", "{ae_title}")
+        template = (
+            path.replace(STUDY, "{study_uid}")
+            .replace("MATRIX", "{ae_title}")
+            .replace("/pacs/", "/{destination}/")
+        )
         assert method.lower() in paths[template], template
     assert node.client.get("/api/docs").status_code == 200
 
@@ -381,3 +387,72 @@ def test_metrics_count_studies_deliveries_and_durations_without_patient_data(
     assert "cxr_spool_free_bytes" in text
     for private in (PATIENT, "CANARY", "PID-1", "ACC-1", "5.1.1"):
         assert private not in text
+
+
+def test_an_operator_resends_a_failed_delivery_and_the_study_waits_for_it(node: Node) -> None:
+    from cxr_node.ledger import DeliveryState, StudyState
+
+    seed_study(node.ledger, STUDY, priority=Priority.ABNORMAL, destinations=["pacs"])
+    opened = node.ledger.deliveries_of(STUDY)["pacs"].created_at
+    node.ledger.record_instance_sent(STUDY, "pacs", f"{STUDY}.90", opened_at=opened)
+    node.ledger.record_delivery(STUDY, "pacs", DeliveryState.FAILED, "0xA900", opened_at=opened)
+    failed = node.ledger.study(STUDY)
+    assert failed is not None and failed.state is StudyState.FAILED
+    headers = bearer(node.tokens["operator"])
+    node.clock.advance(30)
+    answer = node.client.post(f"/api/v1/studies/{STUDY}/deliveries/pacs/retry", headers=headers)
+    assert answer.status_code == 202, answer.text
+    study = node.ledger.study(STUDY)
+    assert study is not None and study.state is StudyState.ANALYSED
+    assert study.reason_code is None and study.analysed_at == failed.analysed_at
+    delivery = node.ledger.deliveries_of(STUDY)["pacs"]
+    assert delivery.state is DeliveryState.PENDING and delivery.sent_instances == frozenset()
+    assert [d.study_key for d in node.ledger.due_deliveries("pacs")] == [STUDY]
+    nowhere = node.client.post(f"/api/v1/studies/{STUDY}/deliveries/archive/retry", headers=headers)
+    assert_problem(nowhere, 409, "cannot-resend")
+    node.ledger.reprocess(STUDY)
+    busy = node.client.post(f"/api/v1/studies/{STUDY}/deliveries/pacs/retry", headers=headers)
+    assert "being analysed" in assert_problem(busy, 409, "cannot-resend")["detail"]
+    actions = [a.action for a in node.ledger.audit_trail(STUDY)]
+    assert actions == ["resend"]
+
+
+def test_models_are_listed_with_their_demo_flag(tmp_path: Path, models_dir: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    made = credentials.new_token()
+    ledger.add_token("bot", made.token_id, made.secret_hash, "viewer")
+    app = create_app(Settings(data_dir=tmp_path, models_dir=models_dir), ledger)
+    with TestClient(app) as client:
+        models = client.get("/api/v1/models", headers=bearer(made.value)).json()
+    ledger.close()
+    assert len(models) == 2 and all(m["demo"] for m in models)
+    assert all("Pneumothorax" in m["labels"] for m in models)
+
+
+def test_the_web_app_never_imports_torch(tmp_path: Path, models_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from cxr_node.ledger import Ledger
+from cxr_node.settings import Settings
+from cxr_node.web import credentials
+from cxr_node.web.server import build_app
+ledger = Ledger("sqlite:///{tmp_path / "l.sqlite"}")
+made = credentials.new_token()
+ledger.add_token("bot", made.token_id, made.secret_hash, "viewer")
+app = build_app(Settings(data_dir="{tmp_path}", models_dir="{models_dir}"), ledger)
+with TestClient(app) as client:
+    for path in ("/api/v1/models", "/api/v1/studies", "/metrics", "/"):
+        client.get(path, headers={{"Authorization": "Bearer " + made.value}})
+assert "torch" not in sys.modules, "the web app imported torch"
+print("ok")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
