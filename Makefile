@@ -12,8 +12,8 @@ AE_TITLE ?= CXR_NODE
 DATA_DIR ?= var
 HTTP_PORT ?= 8080
 DESTINATION ?=
-SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl
-SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl
+SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl chromium
+SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl chromium
 
 LOCK := requirements.lock
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
