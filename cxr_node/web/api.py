@@ -425,13 +425,15 @@ def add_source(body: SourceIn, principal: Admin, ledger: LedgerDep, web: StateDe
     try:
         rule = SourceRule(ae_title=body.ae_title, host=body.host, destinations=body.destinations)
     except ValidationError as exc:
-        message = str(exc.errors()[0]["msg"])
+        errors = [
+            {
+                "field": "body." + ".".join(str(part) for part in error["loc"]),
+                "message": str(error["msg"]),
+            }
+            for error in exc.errors()
+        ]
         raise Problem(
-            422,
-            "invalid-request",
-            "Invalid request",
-            message,
-            errors=[{"field": "body.ae_title", "message": message}],
+            422, "invalid-request", "Invalid request", errors[0]["message"], errors=errors
         ) from None
     new = ledger.put_source(rule)
     ledger.record_audit(

@@ -4,10 +4,11 @@ interactive docs at ``/api/docs``), health at ``/healthz`` and ``/readyz``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from cxr_node.ledger import Ledger
@@ -46,6 +47,20 @@ def create_app(
         session_seconds=session_seconds if session_seconds is not None else 8 * 3600.0,
     )
     problems.install(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = problems.document_problems(
+                get_openapi(
+                    title=app.title,
+                    version=app.version,
+                    summary=app.summary,
+                    routes=app.routes,
+                )
+            )
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(api.router)
     app.include_router(pages.router)
 

@@ -114,3 +114,22 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_invalid)
     app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def document_problems(openapi: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the app does: every 4xx and 5xx answer is a problem
+    document in ``application/problem+json`` (FastAPI documents its own 422 shape and
+    ``application/json`` otherwise)."""
+    components = openapi.setdefault("components", {}).setdefault("schemas", {})
+    components["ProblemDocument"] = ProblemDocument.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    reference = {"$ref": "#/components/schemas/ProblemDocument"}
+    for operations in openapi.get("paths", {}).values():
+        for operation in operations.values():
+            for code, response in operation.get("responses", {}).items():
+                if str(code)[:1] in {"4", "5"}:
+                    response["content"] = {MEDIA_TYPE: {"schema": reference}}
+    return openapi

@@ -20,6 +20,8 @@ DEMO_NOTICE = "DEMO model - not trained, no clinical meaning"
 class LoginRequest(BaseModel):
     """A user's name and password."""
 
+    model_config = {"extra": "forbid"}
+
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=1024)
 
@@ -168,11 +170,22 @@ class Accepted(BaseModel):
     detail: str
 
 
+AE_TITLE_PATTERN = r"^ *[!-\[\]-~][ -\[\]-~]*$"
+"""PS3.5 AE: 1 to 16 characters of the default repertoire without backslash, not all spaces."""
+
+
 class SourceIn(BaseModel):
     """A known sender: calling AE title, optional host, where its results go."""
 
-    ae_title: str = Field(min_length=1, max_length=16)
-    host: str | None = Field(default=None, max_length=64)
+    model_config = {"extra": "forbid"}
+
+    ae_title: str = Field(min_length=1, max_length=16, pattern=AE_TITLE_PATTERN)
+    host: str | None = Field(
+        default=None,
+        max_length=64,
+        pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$",
+        description="an IPv4 or IPv6 address or network (CIDR); absent: any",
+    )
     destinations: list[str] = Field(default_factory=list)
 
 
@@ -208,4 +221,3 @@ class ModelOut(BaseModel):
     ensemble_weight: float | None = Field(
         default=None, description="its weight when the configuration names the ensemble"
     )
-
