@@ -36,6 +36,20 @@ from cxr_node.web.state import WebState, web_state
 log = logging.getLogger(__name__)
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+def person_name(value: str | None) -> str:
+    """A DICOM PN (PS3.5 6.2: family^given^middle^prefix^suffix, alphabetic group) as people
+    write it: "Family, Given Middle"."""
+    if not value:
+        return "-"
+    family, given, middle, prefix, suffix = (value.split("=")[0].split("^") + [""] * 5)[:5]
+    first = " ".join(part for part in (prefix, given, middle) if part)
+    name = ", ".join(part for part in (family, first) if part)
+    return f"{name} {suffix}".strip() or "-"
+
+
+TEMPLATES.env.filters["person"] = person_name
 LOGIN_CSRF_COOKIE = "cxr_login_csrf"
 BAND_LABELS = {"critical": "CRITICAL", "abnormal": "Abnormal", "routine": "Routine"}
 STATE_LABELS = {

@@ -98,14 +98,18 @@ def test_an_operator_and_an_admin_and_a_viewer_in_the_browser(
     rows = page.locator("#rows tr[data-href]")
     expect(rows).to_have_count(3)
     names = [rows.nth(i).locator("td").nth(3).inner_text() for i in range(3)]
-    assert [n.splitlines()[0] for n in names] == ["CRITICAL^CARL", "ABNORMAL^ANNA", "ROUTINE^RUTH"]
+    assert [n.splitlines()[0] for n in names] == [
+        "CRITICAL, CARL",
+        "ABNORMAL, ANNA",
+        "ROUTINE, RUTH",
+    ]
     expect(page.locator(".notice").first).to_contain_text("AI-generated - not a diagnosis")
     page.screenshot(path=str(artefacts / "worklist.png"), full_page=True)
 
     page.keyboard.press("j")  # keyboard navigation: first row, then open it
     page.keyboard.press("Enter")
     page.wait_for_url("**/studies/**")
-    expect(page.locator("h1")).to_contain_text("CRITICAL^CARL")
+    expect(page.locator("h1")).to_contain_text("CRITICAL, CARL")
     expect(page.locator(".notice.demo")).to_contain_text("DEMO model - not trained")
     expect(page.locator("table").first).to_contain_text("Pneumothorax")
     page.screenshot(path=str(artefacts / "study.png"), full_page=True)

@@ -81,7 +81,7 @@ def test_serve_with_its_web_app_from_first_start_to_a_study_on_the_worklist(
         detail = client.get(f"/api/v1/studies/{study['study_uid']}").json()
         assert detail["findings"] and detail["priority"] in {"routine", "abnormal", "critical"}
         page = client.get("/")
-        assert page.status_code == 200 and "Webcanary" in page.text
+        assert page.status_code == 200 and "Webcanary, Wilhelmina" in page.text
         assert client.get(f"/studies/{study['study_uid']}").status_code == 200
 
     # `cxr-node web` alone, on the same ledger, with a token made by `cxr-node tokens add`

@@ -86,12 +86,12 @@ def test_the_worklist_shows_studies_in_reading_order_with_notices(
     assert page.headers["cache-control"] == "no-store"
     text = page.text
     assert "AI-generated - not a diagnosis" in text and "DEMO" in text
-    order = [text.index(name) for name in ("CRITICAL^ROW", "ABNORMAL^ROW", "ROUTINE^ROW")]
+    order = [text.index(name) for name in ("CRITICAL, ROW", "ABNORMAL, ROW", "ROUTINE, ROW")]
     assert order == sorted(order)
     assert "CRITICAL" in text  # the band in words, not colour alone
     assert 'href="/admin/sources"' not in text  # a viewer has no admin pages
     rows = client.get("/worklist/rows?priority=critical")
-    assert "CRITICAL^ROW" in rows.text and "ROUTINE^ROW" not in rows.text
+    assert "CRITICAL, ROW" in rows.text and "ROUTINE, ROW" not in rows.text
 
 
 def test_a_study_page_and_reprocess_for_operators_only(client: TestClient, ledger: Ledger) -> None:
@@ -138,3 +138,21 @@ def test_log_out_ends_the_session(client: TestClient) -> None:
     out = client.post("/logout", data={"csrf_token": csrf_of(page.text)})
     assert out.status_code == 303 and out.headers["location"] == "/login"
     assert client.get("/").status_code == 303
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("DOE^JANE", "DOE, JANE"),
+        ("DOE^JANE^Q^DR^JR", "DOE, DR JANE Q JR"),
+        ("DOE", "DOE"),
+        ("^JANE", "JANE"),
+        ("Yamada^Tarou=山田^太郎", "Yamada, Tarou"),
+        ("", "-"),
+        (None, "-"),
+    ],
+)
+def test_person_names_are_shown_as_people_write_them(value: str | None, shown: str) -> None:
+    from cxr_node.web.pages import person_name
+
+    assert person_name(value) == shown
