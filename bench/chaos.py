@@ -211,6 +211,8 @@ class ChaosRun:
             "ae_title": "CXR_NODE",
             "bind_address": "127.0.0.1",
             "port": self.serve_port,
+            "http_port": free_port(),  # serve as deployed: with its web app
+            "http_bind_address": "127.0.0.1",
             "data_dir": str(data),
             "destinations": [f"DEST@127.0.0.1:{self.dest_port}"],
             "require_known_sources": False,

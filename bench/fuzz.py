@@ -209,6 +209,8 @@ class Campaign:
             "ae_title": fz.NODE_AE_TITLE,
             "bind_address": "127.0.0.1",
             "port": self.port,
+            "http_port": free_port(),  # serve as deployed: with its web app
+            "http_bind_address": "127.0.0.1",
             "data_dir": str(data),
             "require_known_sources": True,
             "sources": [{"ae_title": fz.CALLING_AE_TITLE}],
