@@ -124,6 +124,12 @@ class ImageOut(BaseModel):
     eligible: bool
     reason_code: str | None = None
     reason: str | None = None
+    picture: bool = Field(default=False, description="image.png is there (analysed, not purged)")
+    heatmaps: list[str] = Field(
+        default_factory=list, description="findings with a heatmap.png (?finding=LABEL)"
+    )
+    rows: int | None = Field(default=None, description="the analysed image's rows (regions' frame)")
+    columns: int | None = Field(default=None, description="and columns")
 
 
 class ResultOut(BaseModel):

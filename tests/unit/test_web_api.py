@@ -456,3 +456,45 @@ print("ok")
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_pictures_of_an_image_and_its_heatmaps(node: Node) -> None:
+    import json
+
+    seed_study(node.ledger, STUDY, priority=Priority.CRITICAL, score=0.9)
+    sop = f"{STUDY}.1"
+    spool = node.client.app.state.web.settings.spool_path  # type: ignore[attr-defined]
+    folder = spool / STUDY / "previews" / sop
+    folder.mkdir(parents=True)
+    (folder / "image.png").write_bytes(b"\x89PNG image")
+    (folder / "heatmap-pneumothorax.png").write_bytes(b"\x89PNG pneumothorax")
+    (folder / "heatmap-effusion.png").write_bytes(b"\x89PNG effusion")
+    (folder / "geometry.json").write_text(json.dumps({"rows": 2048, "columns": 2500}))
+    headers = bearer(node.tokens["viewer"])
+    detail = node.client.get(f"/api/v1/studies/{STUDY}", headers=headers).json()
+    (image,) = detail["images"]
+    assert image["picture"] is True and (image["rows"], image["columns"]) == (2048, 2500)
+    assert image["heatmaps"] == ["Pneumothorax", "Effusion"]
+    base = f"/api/v1/studies/{STUDY}/images/{sop}"
+    picture = node.client.get(f"{base}/image.png", headers=headers)
+    assert picture.status_code == 200 and picture.content == b"\x89PNG image"
+    assert picture.headers["content-type"] == "image/png"
+    assert picture.headers["cache-control"] == "private, max-age=300"
+    assert "etag" in picture.headers
+    chosen = node.client.get(f"{base}/heatmap.png?finding=Effusion", headers=headers)
+    assert chosen.content == b"\x89PNG effusion"
+    first = node.client.get(f"{base}/heatmap.png", headers=headers)
+    assert first.status_code == 200
+    assert_problem(
+        node.client.get(f"{base}/heatmap.png?finding=Atelectasis", headers=headers),
+        404,
+        "not-found",
+    )
+    assert_problem(
+        node.client.get(f"/api/v1/studies/{STUDY}/images/9.9/image.png", headers=headers),
+        404,
+        "not-found",
+    )
+    escape = node.client.get(f"{base}/heatmap.png?finding=../../../ledger", headers=headers)
+    assert escape.status_code == 404  # the label is reduced to a slug: no path escapes
+    assert node.client.get(f"{base}/image.png").status_code == 401
