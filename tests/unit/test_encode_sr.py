@@ -413,6 +413,7 @@ HOSTILE_VALUES: dict[str, list[tuple[str, str, bytes]]] = {
     "multi-valued-CS": [("PatientSex", "CS", b"M\\F ")],
     "65-char-UID": [("FrameOfReferenceUID", "UI", b"1." * 40 + b"1\x00")],
     "aux-UID": [("FrameOfReferenceUID", "UI", b"aux.1\x00")],
+    "UID-with-leading-zero": [("FrameOfReferenceUID", "UI", b"1.02.3\x00")],
     "bad-CS": [("BodyPartExamined", "CS", b"chest\x01")],
     "bad-orientation": [("PatientOrientation", "CS", b"l\\F\\X\x01")],
     "charset-empty": [("SpecificCharacterSet", "CS", b"")],
@@ -515,6 +516,8 @@ def test_invalid_source_values_are_left_out_of_sr_and_sc(case: str, tmp_path: Pa
     ("keyword", "raw", "code"),
     [
         ("StudyInstanceUID", b"aux.1\x00", "INVALID_STUDY_UID"),
+        ("StudyInstanceUID", b"1.02.3\x00", "INVALID_STUDY_UID"),
+        ("SeriesInstanceUID", b"1.2.03\x00", "INVALID_SOURCE_UID"),
         ("StudyInstanceUID", b"1." * 40 + b"1\x00", "INVALID_STUDY_UID"),
         ("SeriesInstanceUID", b"1.2.3\\1.2.4\x00", "INVALID_SOURCE_UID"),
         ("SOPClassUID", None, "INVALID_SOURCE_UID"),

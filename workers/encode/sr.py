@@ -647,7 +647,8 @@ def header_view(source: pydicom.Dataset) -> pydicom.Dataset:
     return view
 
 
-UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+"""PS3.5 9.1: components of digits, no leading zero unless the component is a single 0."""
 _IDENTITY_UIDS = {
     "StudyInstanceUID": "INVALID_STUDY_UID",
     "SeriesInstanceUID": "INVALID_SOURCE_UID",
