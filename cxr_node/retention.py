@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,6 +95,9 @@ class Purger:
                 return 0  # something new arrived for it meanwhile
             for path, _ in present:
                 path.unlink(missing_ok=True)
+            pictures = self._spool.root / candidate.study_key / "previews"
+            if pictures.is_dir():  # the web app's pictures of its images (workers.previews)
+                shutil.rmtree(pictures, ignore_errors=True)
             _remove_empty_folders({f.parent for f in files}, self._spool.root)
             if not self._ledger.mark_purged(candidate.study_key, candidate.finished_at):
                 log.warning("study %s changed while purging", log_ref(candidate.study_key))

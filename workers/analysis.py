@@ -7,7 +7,7 @@ geometry. The SC heatmap shows the finding furthest above its operating point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,7 +16,7 @@ from pydicom import Dataset
 
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
-from workers import pixels, scoring
+from workers import pixels, previews, scoring
 from workers.encode.sr import identity_uid
 from workers.ensemble import Ensemble
 
@@ -31,6 +31,9 @@ class AnalysedImage:
     analysis: ImageAnalysis
     display: np.ndarray
     heatmap: np.ndarray | None
+    overlays: dict[str, np.ndarray] = field(default_factory=dict)
+    """Each explained finding's map in the geometry of the web app's picture
+    (:func:`workers.previews.preview_shape`)."""
 
 
 class Analyzer:
@@ -95,7 +98,13 @@ class Analyzer:
         heatmap = None
         if positives:
             heatmap = to_source_geometry(maps[positives[0].label], box, image.shape)
-        return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap)
+        shape = previews.preview_shape(image.shape)
+        scale = shape[0] / image.shape[0]
+        small = pixels.SquareBox(
+            round(box.x0 * scale), round(box.y0 * scale), max(1, round(box.side * scale))
+        )
+        overlays = {label: to_source_geometry(m, small, shape) for label, m in maps.items()}
+        return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap, overlays=overlays)
 
 
 def to_source_geometry(

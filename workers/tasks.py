@@ -22,6 +22,7 @@ from cxr_node.ledger import ResultRow
 from cxr_node.logs import describe_exception, traceback_frames
 from cxr_node.queue import ANALYZE_TASK
 from cxr_node.spool import log_ref
+from workers.previews import write_previews
 from workers.results import encode_results, to_bytes
 from workers.runtime import WorkerContext, context
 
@@ -138,6 +139,7 @@ def _analyse_instance(
     except Exception as exc:
         raise RejectedInput("UNREADABLE", f"file cannot be parsed ({type(exc).__name__})") from None
     analysed = ctx.analyzer.analyse(source)
+    write_previews(ctx.spool, relative_path, analysed)
     rows = []
     for kind, dataset in encode_results(source, analysed):
         path = ctx.spool.result_path(str(source.StudyInstanceUID), str(dataset.SOPInstanceUID))

@@ -7,6 +7,7 @@ and remove an AE title; a viewer sees no admin pages; log out. Screenshots are k
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +40,30 @@ STUDIES = {  # key: (priority, score, patient)
 }
 
 
+CRITICAL_STUDY = "1.2.826.0.1.3680043.10.7.2"
+
+
+def _pictures(spool: Path, study: str) -> None:
+    """The pictures the worker would keep for the study's image: a synthetic chest-like
+    picture, and two findings' overlays hot in different places."""
+    import json
+
+    import numpy as np
+
+    from workers.previews import image_png, overlay_png
+
+    rows, columns = 640, 520
+    y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    display = 0.25 + 0.5 * np.exp(-(((x - 260) / 190) ** 2 + ((y - 330) / 260) ** 2))
+    folder = spool / study / "previews" / f"{study}.1"
+    folder.mkdir(parents=True)
+    (folder / "image.png").write_bytes(image_png(display))
+    for label, (cy, cx) in {"Pneumothorax": (150, 140), "Effusion": (520, 400)}.items():
+        hot = np.exp(-(((x - cx) / 60) ** 2 + ((y - cy) / 60) ** 2))
+        (folder / f"heatmap-{label.lower()}.png").write_bytes(overlay_png(hot, (rows, columns)))
+    (folder / "geometry.json").write_text(json.dumps({"rows": rows, "columns": columns}))
+
+
 @pytest.fixture
 def artefacts(tmp_path: Path) -> Path:
     folder = Path(os.environ.get("CXR_TEST_ARTEFACTS", tmp_path / "artefacts")) / "browser"
@@ -58,6 +83,7 @@ def web(tmp_path: Path, models_dir: Path, nodes: list[NodeProcess]) -> Iterator[
     for role in ("viewer", "operator", "admin"):
         ledger.add_user(role, role, credentials.hash_password(PASSWORD))
     ledger.close()
+    _pictures(data / "spool", CRITICAL_STUDY)
     port = free_port()
     process = NodeProcess(data, models_dir, "--http-port", str(port), command="web").start()
     nodes.append(process)
@@ -75,6 +101,17 @@ def browser() -> Iterator[object]:
         )
         yield launched
         launched.close()
+
+
+def _wait_loaded(image: object, timeout: float = 10.0) -> None:
+    """Until the picture has loaded (a function call over CDP: the page's CSP forbids eval)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    script = "(img) => img.complete && img.naturalWidth > 0"
+    while not image.evaluate(script):  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the picture did not load"
+        time.sleep(0.1)
 
 
 def _log_in(page: object, base: str, name: str) -> None:
@@ -112,7 +149,14 @@ def test_an_operator_and_an_admin_and_a_viewer_in_the_browser(
     expect(page.locator("h1")).to_contain_text("CRITICAL, CARL")
     expect(page.locator(".notice.demo")).to_contain_text("DEMO model - not trained")
     expect(page.locator("table").first).to_contain_text("Pneumothorax")
+    overlay = page.locator("img.overlay")
+    expect(overlay).to_have_attribute("src", re.compile(r"finding=Pneumothorax$"))
+    _wait_loaded(overlay)
     page.screenshot(path=str(artefacts / "study.png"), full_page=True)
+    page.select_option(".heatmap-choice", "Effusion")  # switch the heatmap to another finding
+    expect(overlay).to_have_attribute("src", re.compile(r"finding=Effusion$"))
+    _wait_loaded(overlay)
+    page.screenshot(path=str(artefacts / "study-effusion.png"), full_page=True)
     page.click("text=Reprocess")
     expect(page.locator("[role=status]")).to_contain_text("will be analysed again")
     page.goto(f"{web}/admin/sources")

@@ -80,6 +80,13 @@ def test_serve_with_its_web_app_from_first_start_to_a_study_on_the_worklist(
         assert "DEMO model - not trained, no clinical meaning" in study["notices"]
         detail = client.get(f"/api/v1/studies/{study['study_uid']}").json()
         assert detail["findings"] and detail["priority"] in {"routine", "abnormal", "critical"}
+        (image,) = detail["images"]
+        assert image["picture"] and image["heatmaps"], image  # the worker kept its pictures
+        base = f"/api/v1/studies/{study['study_uid']}/images/{image['sop_instance_uid']}"
+        picture = client.get(f"{base}/image.png")
+        assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+        overlay = client.get(f"{base}/heatmap.png", params={"finding": image["heatmaps"][-1]})
+        assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
         page = client.get("/")
         assert page.status_code == 200 and "Webcanary, Wilhelmina" in page.text
         assert client.get(f"/studies/{study['study_uid']}").status_code == 200

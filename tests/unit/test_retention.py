@@ -146,3 +146,17 @@ def test_a_not_analysed_study_waits_for_its_notice(
     assert policy.purge().studies == []  # its notice is not written yet
     ledger.mark_notice_impossible("2.1", "test")
     assert [s.study_uid for s in policy.purge().studies] == ["2.1"]
+
+
+def test_the_pictures_of_a_purged_study_go_with_it(
+    tmp_path: Path, ledger: Ledger, spool: Spool, clock: ManualClock
+) -> None:
+    image = study(ledger, spool, "3.1", ["PACS"])
+    pictures = image.parent / "previews" / image.stem
+    pictures.mkdir(parents=True)
+    (pictures / "image.png").write_bytes(b"png")
+    (pictures / "heatmap-effusion.png").write_bytes(b"png")
+    ledger.record_delivery("3.1", "PACS", DeliveryState.DELIVERED)
+    clock.advance(3601)
+    purger(tmp_path, ledger, spool).purge()
+    assert not pictures.exists() and not image.parent.exists()

@@ -1,0 +1,97 @@
+"""Pictures for the web app's study page: the radiograph as displayed (windowed, at most
+``PREVIEW_SIDE`` pixels a side, 8-bit PNG) and, per explained finding, its Grad-CAM map in the
+same geometry as a colour overlay with transparency (RGBA PNG). They are derived data, not
+DICOM: written next to the results (``<study>/previews/<image>/``), removed with the study's
+files by spool retention, never delivered.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from cxr_node.spool import Spool
+from workers import pixels
+
+if TYPE_CHECKING:
+    from workers.analysis import AnalysedImage
+
+log = logging.getLogger(__name__)
+
+PREVIEW_SIDE = 1024
+OVERLAY_ALPHA = 0.6
+_RAMP = np.array(  # value 0 .. 1: dark blue, cyan, yellow, red (a perceptually ordered ramp)
+    [[0.0, 0.05, 0.2, 0.6], [0.35, 0.0, 0.75, 0.9], [0.7, 1.0, 0.9, 0.1], [1.0, 0.85, 0.1, 0.05]]
+)
+
+
+def label_slug(label: str) -> str:
+    """A file-name-safe form of a finding's label."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "finding"
+
+
+def preview_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """The preview's (rows, columns): the image's, scaled down to fit ``PREVIEW_SIDE``."""
+    rows, columns = int(shape[0]), int(shape[1])
+    scale = min(1.0, PREVIEW_SIDE / max(rows, columns))
+    return max(1, round(rows * scale)), max(1, round(columns * scale))
+
+
+def image_png(display: np.ndarray) -> bytes:
+    """The displayed radiograph ([0, 1]) as an 8-bit greyscale PNG, scaled to fit."""
+    rows, columns = preview_shape(display.shape)
+    picture = Image.fromarray(pixels.to_uint8(display), mode="L")
+    if (rows, columns) != display.shape[:2]:
+        picture = picture.resize((columns, rows), Image.Resampling.LANCZOS)
+    return _png(picture)
+
+
+def overlay_png(heatmap: np.ndarray, shape: tuple[int, int]) -> bytes:
+    """A [0, 1] map in the image's geometry as a colour overlay (RGBA PNG) of ``shape``: the
+    colour ramp by value, transparent where the map is low."""
+    picture = Image.fromarray(pixels.to_uint8(np.clip(heatmap, 0.0, 1.0)), mode="L")
+    if picture.size != (shape[1], shape[0]):
+        picture = picture.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    values = np.asarray(picture, dtype=np.float32) / 255.0
+    rgb = np.stack(
+        [np.interp(values, _RAMP[:, 0], _RAMP[:, channel]) for channel in (1, 2, 3)], axis=-1
+    )
+    alpha = np.clip(values * OVERLAY_ALPHA / 0.8, 0.0, OVERLAY_ALPHA)
+    rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)
+    return _png(Image.fromarray(np.rint(rgba * 255).astype(np.uint8), mode="RGBA"))
+
+
+def _png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def write_previews(spool: Spool, relative_path: str, analysed: AnalysedImage) -> None:
+    """The pictures of one analysed image, beside its spooled file's study: ``image.png``,
+    ``heatmap-<label>.png`` per explained finding, and ``geometry.json`` (the analysed image's
+    rows and columns, the frame of the findings' regions). Written atomically; a picture is a
+    convenience, so a failure to write one is logged, not raised."""
+    source = spool.resolve(relative_path)
+    folder = source.parent / "previews" / source.stem
+    try:
+        shape = preview_shape(analysed.display.shape)
+        files = {"image.png": image_png(analysed.display)}
+        for label, overlay in analysed.overlays.items():
+            files[f"heatmap-{label_slug(label)}.png"] = overlay_png(overlay, shape)
+        rows, columns = analysed.display.shape[:2]
+        files["geometry.json"] = json.dumps({"rows": rows, "columns": columns}).encode()
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("heatmap-*.png"):
+            if stale.name not in files:
+                stale.unlink(missing_ok=True)  # from an earlier analysis
+        for name, data in files.items():
+            spool.write_atomically(folder / name, [data])
+    except OSError as exc:
+        log.warning("pictures of an image not written (%s)", type(exc).__name__)
