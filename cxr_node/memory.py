@@ -44,3 +44,22 @@ def limit_malloc_arenas(arenas: int = SERVE_ARENAS) -> bool:
     if not done:
         log.info("malloc arenas could not be limited")
     return done
+
+
+def release_free_memory() -> bool:
+    """Hand the heap's free pages back to the system (glibc ``malloc_trim(0)``, public API):
+    after a burst of large, short-lived allocations (many associations at once, big headers)
+    glibc keeps their pages resident until asked. Cheap when there is little to give back;
+    serve calls it once a minute. False where there is no glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))

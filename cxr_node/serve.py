@@ -18,7 +18,7 @@ from cxr_node.dicom.scp import start_server
 from cxr_node.dicom.sessions import SenderSessions
 from cxr_node.embedded import WorkerSupervisor
 from cxr_node.ledger import Ledger
-from cxr_node.memory import limit_malloc_arenas
+from cxr_node.memory import limit_malloc_arenas, release_free_memory
 from cxr_node.queue import JobQueue
 from cxr_node.retention import PURGE_INTERVAL_SECONDS, Purger
 from cxr_node.settings import Settings
@@ -183,6 +183,7 @@ class Housekeeping:
         if now - self._last < self._interval:
             return
         self._last = now
+        release_free_memory()  # freed pages of the last minute's bursts back to the system
         removed = self._spool.remove_stale_partials(PARTIAL_FILES_KEPT_SECONDS)
         if removed:
             log.info("removed %d partial file(s) left by interrupted transfers", removed)
