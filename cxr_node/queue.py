@@ -29,6 +29,7 @@ BROKER_DOWN_LOG_EVERY_SECONDS = 30.0
 ANALYZE_TASK = "cxr_node.analyze_study"
 DELIVER_TASK = "cxr_node.deliver_to"
 NOTICE_TASK = "cxr_node.report_not_analysed"
+UPLOAD_TASK = "cxr_node.analyze_upload"
 EMBEDDED_TRANSPORT = "cxr_node.embedded_transport:Transport"
 """Kombu's file-system transport, writing each message whole (see that module)."""
 ANALYSIS_QUEUE = "analysis"
@@ -75,6 +76,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_redirect_stdouts=False,
         task_routes={
             ANALYZE_TASK: {"queue": ANALYSIS_QUEUE},
+            UPLOAD_TASK: {"queue": ANALYSIS_QUEUE},
             DELIVER_TASK: {"queue": DELIVERY_QUEUE},
             NOTICE_TASK: {"queue": DELIVERY_QUEUE},
         },
@@ -108,6 +110,10 @@ class JobQueue:
     def submit_notice(self, study_key: str) -> bool:
         """Ask a delivery worker to write (and send) the "not analysed" SR of a study."""
         return self._send(NOTICE_TASK, [study_key], DELIVERY_QUEUE, 0.0)
+
+    def submit_upload(self, upload_id: str) -> bool:
+        """Ask an analysis worker to analyse an uploaded file (``POST /api/v1/analyze``)."""
+        return self._send(UPLOAD_TASK, [upload_id], ANALYSIS_QUEUE, 0.0)
 
     def _send(self, task: str, args: list[Any], queue: str, countdown: float) -> bool:
         try:

@@ -23,6 +23,7 @@ from cxr_node.queue import JobQueue
 from cxr_node.retention import PURGE_INTERVAL_SECONDS, Purger
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
+from cxr_node.uploads import Uploads
 from cxr_node.web.server import WebServer, build_app, ensure_first_admin
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,7 @@ def _start_web(
         ledger,
         readiness={"dicom_listener": listener, "broker": broker, "spool": spool_space},
     )
+    app.state.queue = queue  # uploads for analysis go on serve's own queue
     web = WebServer(settings, app)
     try:
         web.start()
@@ -184,6 +186,9 @@ class Housekeeping:
             return
         self._last = now
         release_free_memory()  # freed pages of the last minute's bursts back to the system
+        expired = Uploads(self._spool).sweep()
+        if expired:
+            log.info("removed %d file(s) uploaded for analysis a day ago or more", expired)
         removed = self._spool.remove_stale_partials(PARTIAL_FILES_KEPT_SECONDS)
         if removed:
             log.info("removed %d partial file(s) left by interrupted transfers", removed)

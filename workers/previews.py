@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -79,7 +80,12 @@ def write_previews(spool: Spool, relative_path: str, analysed: AnalysedImage) ->
     rows and columns, the frame of the findings' regions). Written atomically; a picture is a
     convenience, so a failure to write one is logged, not raised."""
     source = spool.resolve(relative_path)
-    folder = source.parent / "previews" / source.stem
+    write_pictures(spool, source.parent / "previews" / source.stem, analysed)
+
+
+def write_pictures(spool: Spool, folder: Path, analysed: AnalysedImage) -> list[str]:
+    """The pictures of an analysed image in ``folder`` (see :func:`write_previews`); the labels
+    of the findings that have a heatmap (none when the pictures could not be written)."""
     try:
         shape = preview_shape(analysed.display.shape)
         files = {"image.png": image_png(analysed.display)}
@@ -95,3 +101,5 @@ def write_previews(spool: Spool, relative_path: str, analysed: AnalysedImage) ->
             spool.write_atomically(folder / name, [data])
     except OSError as exc:
         log.warning("pictures of an image not written (%s)", type(exc).__name__)
+        return []
+    return list(analysed.overlays)

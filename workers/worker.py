@@ -63,7 +63,8 @@ def _run_analysis(settings: Settings) -> int:
     queue = JobQueue(settings)
     worker_id = _worker_id("analysis")
     ctx = runtime.configure(settings, queue, analyzer=analyzer, worker_id=worker_id)
-    import workers.tasks  # noqa: F401  (registers the analysis task on the app)
+    import workers.tasks
+    import workers.uploads  # noqa: F401  (and the one for files uploaded to the API)
 
     def note_reserved(request: Any = None, **_: Any) -> None:
         """A job taken from the queue, not started yet: if this worker dies now, serve knows

@@ -227,3 +227,30 @@ class ModelOut(BaseModel):
     ensemble_weight: float | None = Field(
         default=None, description="its weight when the configuration names the ensemble"
     )
+
+
+class UploadFinding(BaseModel):
+    """What the model said about one label of an uploaded image."""
+
+    label: str
+    code: Code
+    probability: float
+    threshold: float
+    present: bool
+    region: dict[str, float] | None = Field(
+        default=None, description="hottest region, pixels of the image (x_min, y_min, x_max, y_max)"
+    )
+
+
+class UploadAnalysis(BaseModel):
+    """An uploaded file's analysis (not a study: not on the worklist, sent nowhere)."""
+
+    id: str
+    status: Literal["done", "pending"]
+    abnormality_score: float | None = None
+    priority: str | None = None
+    findings: list[UploadFinding] = Field(default_factory=list)
+    model: ModelSummary | None = None
+    image_url: str | None = None
+    heatmap_urls: dict[str, str] = Field(default_factory=dict)
+    notices: list[str] = Field(default_factory=list)

@@ -87,6 +87,21 @@ def test_serve_with_its_web_app_from_first_start_to_a_study_on_the_worklist(
         assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
         overlay = client.get(f"{base}/heatmap.png", params={"finding": image["heatmaps"][-1]})
         assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+        # a file analysed by the embedded worker without becoming a study (the Open API)
+        analysed = client.post(
+            "/api/v1/analyze",
+            files={"file": ("chest.dcm", (corpus / CHEST).read_bytes())},
+            headers={"X-CSRF-Token": login.json()["csrf_token"]},
+            params={"wait": 120},
+        )
+        assert analysed.status_code == 200, analysed.text
+        upload = analysed.json()
+        assert upload["status"] == "done" and upload["findings"] and upload["heatmap_urls"]
+        assert "DEMO model - not trained, no clinical meaning" in upload["notices"]
+        assert client.get(upload["image_url"]).content.startswith(b"\x89PNG")
+        first_heatmap = next(iter(upload["heatmap_urls"].values()))
+        assert client.get(first_heatmap).content.startswith(b"\x89PNG")
+        assert len(_studies(client)) == 1  # still one study on the worklist
         page = client.get("/")
         assert page.status_code == 200 and "Webcanary, Wilhelmina" in page.text
         assert client.get(f"/studies/{study['study_uid']}").status_code == 200

@@ -290,6 +290,7 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("GET", "/api/v1/models", "viewer", None, 200),
     ("POST", f"/api/v1/studies/{STUDY}/deliveries/pacs/retry", "operator", None, 202),
     ("POST", f"/api/v1/studies/{STUDY}/reprocess", "operator", None, 202),
+    ("POST", "/api/v1/analyze", "operator", None, 422),  # allowed: then the missing file
     ("GET", "/api/v1/sources", "admin", None, 200),
     ("POST", "/api/v1/sources", "admin", {"ae_title": "MATRIX"}, 201),
     ("DELETE", "/api/v1/sources/MATRIX", "admin", None, 204),
@@ -498,3 +499,77 @@ def test_pictures_of_an_image_and_its_heatmaps(node: Node) -> None:
     escape = node.client.get(f"{base}/heatmap.png?finding=../../../ledger", headers=headers)
     assert escape.status_code == 404  # the label is reduced to a slug: no path escapes
     assert node.client.get(f"{base}/image.png").status_code == 401
+
+
+class _QueueThatNobodyServes:
+    """No worker has taken the job yet (the real path is in tests/integration)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def submit_upload(self, upload_id: str) -> bool:
+        self.sent.append(upload_id)
+        return True
+
+
+def test_an_upload_is_kept_queued_and_answered_later(node: Node) -> None:
+    from cxr_node.spool import Spool
+    from cxr_node.uploads import Uploads
+
+    queue = _QueueThatNobodyServes()
+    app = node.client.app
+    app.state.queue = queue  # type: ignore[attr-defined]
+    headers = bearer(node.tokens["operator"])
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    pending = node.client.post(
+        "/api/v1/analyze", params={"wait": 0}, files={"file": ("x.png", png)}, headers=headers
+    )
+    assert pending.status_code == 202, pending.text
+    upload_id = pending.json()["id"]
+    assert queue.sent == [upload_id]
+    assert pending.headers["location"] == f"/api/v1/analyses/{upload_id}"
+    assert node.client.get(f"/api/v1/analyses/{upload_id}", headers=headers).status_code == 202
+    uploads = Uploads(Spool(app.state.web.settings.spool_path))  # type: ignore[attr-defined]
+    uploads.write_result(upload_id, {"analysed": False, "reason_code": "CONSTANT_IMAGE",
+                                     "reason": "the image is one value"})  # fmt: skip
+    refused = node.client.get(f"/api/v1/analyses/{upload_id}", headers=headers)
+    assert "CONSTANT_IMAGE" in assert_problem(refused, 422, "not-analysable")["detail"]
+    assert [a.action for a in node.ledger.audit_trail()][:1] == ["analyze_upload"]
+    assert node.ledger.study(upload_id) is None  # not a study
+
+
+def test_uploads_that_cannot_be_analysed_are_refused_with_a_reason(node: Node) -> None:
+    node.client.app.state.queue = _QueueThatNobodyServes()  # type: ignore[attr-defined]
+    headers = bearer(node.tokens["operator"])
+    text = node.client.post(
+        "/api/v1/analyze", files={"file": ("notes.txt", b"hello")}, headers=headers
+    )
+    assert_problem(text, 415, "unsupported-media")
+    empty = node.client.post("/api/v1/analyze", files={"file": ("x.dcm", b"")}, headers=headers)
+    assert_problem(empty, 422, "invalid-request")
+    assert node.client.post("/api/v1/analyze", headers=headers).status_code == 422  # no file
+    viewer = node.client.post(
+        "/api/v1/analyze",
+        files={"file": ("x.png", b"\x89PNG")},
+        headers=bearer(node.tokens["viewer"]),
+    )
+    assert_problem(viewer, 403, "forbidden")
+    for unknown in ("0123abcd", "../etc", "ZZZ"):
+        answer = node.client.get(f"/api/v1/analyses/{unknown}", headers=headers)
+        assert answer.status_code == 404, unknown
+
+
+def test_old_uploads_are_swept(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from cxr_node.spool import Spool
+    from cxr_node.uploads import Uploads
+
+    uploads = Uploads(Spool(tmp_path / "spool"))
+    old, new = uploads.save(b"a", ".png"), uploads.save(b"b", ".dcm")
+    stale = time.time() - 2 * 86400
+    os.utime(uploads.folder(old), (stale, stale))
+    assert uploads.sweep() == 1
+    assert not uploads.exists(old) and uploads.exists(new)
+    assert uploads.source(new) is not None and uploads.source(new).suffix == ".dcm"  # type: ignore[union-attr]
