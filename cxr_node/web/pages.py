@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from cxr_node.ledger import Ledger
-from cxr_node.web import api
+from cxr_node.web import api, credentials
 from cxr_node.web.auth import (
     CSRF_HEADER,
     SESSION_COOKIE,
@@ -390,3 +390,137 @@ def remove_source_submit(
 
 
 __all__ = ["CSRF_HEADER", "LoginRequired", "router"]
+
+
+# --- users, tokens and models -----------------------------------------------------------------
+
+Admin = Annotated[Principal, Depends(_form_checked(Role.ADMIN))]
+
+
+def _when(epoch: float | None) -> str:
+    return "-" if epoch is None else datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _users_page(
+    request: Request, ledger: Ledger, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    context.setdefault("error", "")
+    context.setdefault("message", "")
+    return render(
+        request,
+        "users.html",
+        status_code,
+        users=ledger.list_users(),
+        tokens=ledger.list_tokens(),
+        role_names=[role.value for role in Role],
+        min_password=credentials.MIN_PASSWORD_LENGTH,
+        when=_when,
+        **context,
+    )
+
+
+@router.get("/admin/users")
+def users_page(request: Request, principal: Admin, ledger: LedgerDep) -> HTMLResponse:
+    """Users and API tokens (the same as ``cxr-node users`` and ``tokens``)."""
+    return _users_page(request, ledger)
+
+
+def _checked_name(name: str) -> str | None:
+    from cxr_node.accounts_cli import NAME_PATTERN
+
+    return None if NAME_PATTERN.match(name) else "a name is 1 to 64 letters, digits, . _ @ -"
+
+
+@router.post("/admin/users")
+def add_user_submit(
+    request: Request,
+    principal: Admin,
+    ledger: LedgerDep,
+    name: Annotated[str, Form(max_length=64)] = "",
+    role: Annotated[str, Form(max_length=16)] = "",
+    password: Annotated[str, Form(max_length=1024)] = "",
+) -> HTMLResponse:
+    """Add a user."""
+    problem = _checked_name(name) or credentials.password_problem(password)
+    if role not in {r.value for r in Role}:
+        problem = "choose a role"
+    if problem is None and not ledger.add_user(name, role, credentials.hash_password(password)):
+        problem = f"user {name} exists"
+    if problem:
+        return _users_page(request, ledger, 422, error=problem)
+    ledger.record_audit(principal.actor, "add_user", detail=f"{name} ({role})")
+    log.info("%s added user %s with role %s", principal.actor, name, role)
+    return _users_page(request, ledger, message=f"User {name} added.")
+
+
+@router.post("/admin/users/{name}/remove")
+def remove_user_submit(
+    request: Request, name: str, principal: Admin, ledger: LedgerDep
+) -> HTMLResponse:
+    """Remove a user (not oneself); their sessions end."""
+    if name == principal.name:
+        return _users_page(request, ledger, 422, error="you cannot remove yourself")
+    if not ledger.remove_user(name):
+        return _users_page(request, ledger, 404, error=f"no user {name[:64]}")
+    ledger.record_audit(principal.actor, "remove_user", detail=name)
+    log.info("%s removed user %s", principal.actor, name)
+    return _users_page(request, ledger, message=f"User {name} removed.")
+
+
+@router.post("/admin/users/{name}/password")
+def password_submit(
+    request: Request,
+    name: str,
+    principal: Admin,
+    ledger: LedgerDep,
+    password: Annotated[str, Form(max_length=1024)] = "",
+) -> HTMLResponse:
+    """Set a user's password; their sessions end (one's own too: log in again)."""
+    problem = credentials.password_problem(password)
+    if problem:
+        return _users_page(request, ledger, 422, error=problem)
+    if not ledger.set_password_hash(name, credentials.hash_password(password)):
+        return _users_page(request, ledger, 404, error=f"no user {name[:64]}")
+    ledger.record_audit(principal.actor, "set_password", detail=name)
+    log.info("%s set the password of user %s", principal.actor, name)
+    return _users_page(request, ledger, message=f"Password of {name} set; their sessions ended.")
+
+
+@router.post("/admin/tokens")
+def add_token_submit(
+    request: Request,
+    principal: Admin,
+    ledger: LedgerDep,
+    name: Annotated[str, Form(max_length=64)] = "",
+    role: Annotated[str, Form(max_length=16)] = "",
+) -> HTMLResponse:
+    """Make an API token; shown once on the page that answers."""
+    problem = _checked_name(name)
+    if role not in {r.value for r in Role}:
+        problem = "choose a role"
+    made = credentials.new_token()
+    if problem is None and not ledger.add_token(name, made.token_id, made.secret_hash, role):
+        problem = f"token name {name} in use"
+    if problem:
+        return _users_page(request, ledger, 422, error=problem)
+    ledger.record_audit(principal.actor, "add_token", detail=f"{name} ({role})")
+    log.info("%s made token %s with role %s", principal.actor, name, role)
+    return _users_page(request, ledger, new_token=made.value, new_token_name=name)
+
+
+@router.post("/admin/tokens/{name}/revoke")
+def revoke_token_submit(
+    request: Request, name: str, principal: Admin, ledger: LedgerDep
+) -> HTMLResponse:
+    """Revoke a token for good."""
+    if not ledger.revoke_token(name):
+        return _users_page(request, ledger, 404, error=f"no live token {name[:64]}")
+    ledger.record_audit(principal.actor, "revoke_token", detail=name)
+    log.info("%s revoked token %s", principal.actor, name)
+    return _users_page(request, ledger, message=f"Token {name} revoked.")
+
+
+@router.get("/models")
+def models_page(request: Request, principal: PagePrincipal, web: StateDep) -> HTMLResponse:
+    """The installed model bundles, DEMO ones marked."""
+    return render(request, "models.html", models=api.list_models(principal, web))

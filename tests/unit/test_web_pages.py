@@ -156,3 +156,52 @@ def test_person_names_are_shown_as_people_write_them(value: str | None, shown: s
     from cxr_node.web.pages import person_name
 
     assert person_name(value) == shown
+
+
+def test_admins_manage_users_and_tokens_in_the_pages(client: TestClient, ledger: Ledger) -> None:
+    log_in(client, "admin")
+    page = client.get("/admin/users")
+    assert page.status_code == 200 and "viewer" in page.text
+    csrf = csrf_of(page.text)
+    short = client.post(
+        "/admin/users",
+        data={"name": "dora", "role": "viewer", "password": "short", "csrf_token": csrf},
+    )
+    assert short.status_code == 422 and "at least" in short.text
+    added = client.post(
+        "/admin/users",
+        data={"name": "dora", "role": "operator", "password": PASSWORD, "csrf_token": csrf},
+    )
+    assert added.status_code == 200 and "User dora added" in added.text
+    made = client.post("/admin/tokens", data={"name": "pacs-bot", "role": "viewer",
+                                              "csrf_token": csrf})  # fmt: skip
+    token = re.search(r'<code id="new-token">([^<]+)</code>', made.text)
+    assert token is not None
+    listing = client.get("/admin/users").text
+    assert token[1] not in listing  # shown once
+    as_bot = {"Authorization": f"Bearer {token[1]}"}
+    assert client.get("/api/v1/me", headers=as_bot).json()["name"] == "pacs-bot"
+    client.post("/admin/tokens/pacs-bot/revoke", data={"csrf_token": csrf})
+    assert client.get("/api/v1/me", headers=as_bot).status_code == 401
+    forged = client.post("/admin/users/dora/remove", data={"csrf_token": "forged"})
+    assert forged.status_code == 403
+    assert client.post("/admin/users/admin/remove", data={"csrf_token": csrf}).status_code == 422
+    actions = [a.action for a in ledger.audit_trail()]
+    assert {"add_user", "add_token", "revoke_token"} <= set(actions)
+
+    other = TestClient(client.app, base_url="https://testserver", follow_redirects=False)
+    log_in(other, "dora")  # the new user logs in with the password the admin set
+    assert other.get("/admin/users").status_code == 403  # an operator
+    assert client.post("/admin/users/dora/remove", data={"csrf_token": csrf}).status_code == 200
+    assert other.get("/").status_code == 303  # their session ended with them
+
+
+def test_the_models_page_marks_demo_bundles(
+    tmp_path: Path, ledger: Ledger, models_dir: Path
+) -> None:
+    app = create_app(Settings(data_dir=tmp_path, models_dir=models_dir), ledger)
+    with TestClient(app, base_url="https://testserver", follow_redirects=False) as test_client:
+        log_in(test_client, "viewer")
+        page = test_client.get("/models")
+    assert page.status_code == 200
+    assert page.text.count("DEMO - not trained, no clinical meaning") == 2
