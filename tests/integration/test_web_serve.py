@@ -136,3 +136,37 @@ def test_serve_with_its_web_app_from_first_start_to_a_study_on_the_worklist(
             assert value not in log and value.split("^")[0] not in log
         assert printed[0] not in log.replace(f"password {printed[0]}", "")  # printed once
         assert token.split("_", 2)[2] not in log
+
+
+@pytest.mark.timeout(300)
+def test_the_web_app_over_https_sets_a_secure_cookie(
+    tmp_path: Path, models_dir: Path, nodes: list[NodeProcess]
+) -> None:
+    import ssl
+
+    from tests.pki import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    data = tmp_path / "node"
+    data.mkdir()
+    port = free_port()
+    config = tmp_path / "web.yaml"
+    config.write_text(
+        f"http_tls: {{cert_file: {pki.server_cert}, key_file: {pki.server_key}}}\n"
+        "http_bind_address: 127.0.0.1\n"
+    )
+    web = NodeProcess(
+        data, models_dir, "--config", str(config), "--http-port", str(port), command="web"
+    ).start()
+    nodes.append(web)
+    wait_for_port(port, timeout=30)
+    password = (data / "initial-admin-password").read_text().strip()
+    trusted = ssl.create_default_context(cafile=str(pki.ca_cert))
+    with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=trusted, timeout=10) as client:
+        answer = client.post("/api/v1/session", json={"name": "admin", "password": password})
+        assert answer.status_code == 200, answer.text
+        cookie = answer.headers["set-cookie"].lower()
+        assert "secure" in cookie and "httponly" in cookie and "samesite=strict" in cookie
+        assert client.get("/api/v1/me").json()["name"] == "admin"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)  # no plain HTTP beside it
