@@ -288,6 +288,10 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("GET", f"/api/v1/studies/{STUDY}", "viewer", None, 200),
     ("GET", "/api/v1/destinations", "viewer", None, 200),
     ("GET", "/api/v1/models", "viewer", None, 200),
+    ("GET", "/metrics", "viewer", None, 200),
+    ("GET", f"/api/v1/studies/{STUDY}/images/{STUDY}.1/image.png", "viewer", None, 404),
+    ("GET", f"/api/v1/studies/{STUDY}/images/{STUDY}.1/heatmap.png", "viewer", None, 404),
+    ("GET", "/api/v1/analyses/0123abcd", "operator", None, 404),
     ("POST", f"/api/v1/studies/{STUDY}/deliveries/pacs/retry", "operator", None, 202),
     ("POST", f"/api/v1/studies/{STUDY}/reprocess", "operator", None, 202),
     ("POST", "/api/v1/analyze", "operator", None, 422),  # allowed: then the missing file
@@ -296,6 +300,17 @@ ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
     ("DELETE", "/api/v1/sources/MATRIX", "admin", None, 204),
 ]
 ROLES = ["viewer", "operator", "admin"]
+PAGES: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
+    # the pages: without valid credentials they send to the login page (303)
+    ("GET", "/", "viewer", None, 200),
+    ("GET", "/worklist/rows", "viewer", None, 200),
+    ("GET", f"/studies/{STUDY}", "viewer", None, 200),
+    ("GET", "/destinations", "viewer", None, 200),
+    ("GET", "/models", "viewer", None, 200),
+    ("POST", f"/studies/{STUDY}/reprocess", "operator", None, 303),
+    ("GET", "/admin/sources", "admin", None, 200),
+    ("GET", "/admin/users", "admin", None, 200),
+]
 
 
 @pytest.mark.parametrize("credential", ["none", "revoked", "expired", *ROLES, *(
@@ -315,17 +330,25 @@ def test_every_endpoint_checks_every_kind_of_caller(node: Node, credential: str)
         if credential == "expired":
             node.clock.advance(601)
             role = None
-    for method, path, least, body, allowed in ENDPOINTS:
+    for method, path, least, body, allowed in ENDPOINTS + PAGES:
         if method == "DELETE" and role is not None and ROLES.index(role) >= 2:
             node.ledger.put_source(_matrix_source())
-        answer = node.client.request(method, path, json=body, headers=headers)
+        page = (method, path, least, body, allowed) in PAGES
+        data = {"csrf_token": headers.get(CSRF_HEADER, "")} if page and method == "POST" else None
+        answer = node.client.request(
+            method, path, json=body, data=data, headers=headers, follow_redirects=False
+        )
         if role is None:
-            assert answer.status_code == 401, (credential, method, path, answer.text)
+            expected = 303 if page else 401  # a page sends to the login page
+            assert answer.status_code == expected, (credential, method, path, answer.text)
+        elif ROLES.index(role) < ROLES.index(least) and page:
+            assert answer.status_code == 403 and "needs the" in answer.text, (credential, path)
         elif ROLES.index(role) < ROLES.index(least):
             assert_problem(answer, 403, "forbidden")
         else:
             assert answer.status_code == allowed, (credential, method, path, answer.text)
-        if method == "POST" and "reprocess" in path and answer.status_code == 202:
+        allowed_here = role is not None and ROLES.index(role) >= ROLES.index(least)
+        if method == "POST" and "reprocess" in path and allowed_here:
             _settle(node)
 
 
@@ -349,8 +372,12 @@ def test_the_openapi_document_describes_every_endpoint(node: Node) -> None:
     assert document["openapi"].startswith("3.")
     paths = document["paths"]
     for method, path, *_ in ENDPOINTS:
+        if not path.startswith("/api/"):
+            continue  # /metrics is documented too, but not under the API's paths
         template = (
-            path.replace(STUDY, "{study_uid}")
+            path.replace(f"{STUDY}.1", "{sop_instance_uid}")
+            .replace("0123abcd", "{upload_id}")
+            .replace(STUDY, "{study_uid}")
             .replace("MATRIX", "{ae_title}")
             .replace("/pacs/", "/{destination}/")
         )
