@@ -227,7 +227,7 @@ def list_studies(
         str | None, Query(max_length=64, description="text in accession number or patient")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> StudyPage:
     """The worklist in reading order: critical, abnormal, the rest; by score, then waiting
     time; a study waiting past the ageing time climbs one band."""
