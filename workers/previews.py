@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import logging
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
+from cxr_node import pictures
 from cxr_node.spool import Spool
 from workers import pixels
 
@@ -30,11 +30,6 @@ OVERLAY_ALPHA = 0.6
 _RAMP = np.array(  # value 0 .. 1: dark blue, cyan, yellow, red (a perceptually ordered ramp)
     [[0.0, 0.05, 0.2, 0.6], [0.35, 0.0, 0.75, 0.9], [0.7, 1.0, 0.9, 0.1], [1.0, 0.85, 0.1, 0.05]]
 )
-
-
-def label_slug(label: str) -> str:
-    """A file-name-safe form of a finding's label."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "finding"
 
 
 def preview_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -88,11 +83,11 @@ def write_pictures(spool: Spool, folder: Path, analysed: AnalysedImage) -> list[
     of the findings that have a heatmap (none when the pictures could not be written)."""
     try:
         shape = preview_shape(analysed.display.shape)
-        files = {"image.png": image_png(analysed.display)}
+        files = {pictures.IMAGE: image_png(analysed.display)}
         for label, overlay in analysed.overlays.items():
-            files[f"heatmap-{label_slug(label)}.png"] = overlay_png(overlay, shape)
+            files[pictures.heatmap_name(label)] = overlay_png(overlay, shape)
         rows, columns = analysed.display.shape[:2]
-        files["geometry.json"] = json.dumps({"rows": rows, "columns": columns}).encode()
+        files[pictures.GEOMETRY] = json.dumps({"rows": rows, "columns": columns}).encode()
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("heatmap-*.png"):
             if stale.name not in files:

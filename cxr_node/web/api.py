@@ -4,19 +4,24 @@ study is audited."""
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
+from cxr_node import pictures
 from cxr_node.destinations import SourceRule
-from cxr_node.ledger import Ledger, StudyAttributes, StudyRow, WorklistEntry, WorklistFilter
+from cxr_node.ledger import (
+    InstanceRow,
+    Ledger,
+    StudyAttributes,
+    StudyRow,
+    WorklistEntry,
+    WorklistFilter,
+)
 from cxr_node.ledger.worklist import BANDS
 from cxr_node.spool import log_ref, safe_key
 from cxr_node.web import credentials
@@ -252,6 +257,20 @@ def _epoch(when: datetime) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
+def _image_out(image: InstanceRow, folder: Path, labels: list[str]) -> ImageOut:
+    """An image, with what the worker left of it in ``folder`` for the pages."""
+    return ImageOut(
+        sop_instance_uid=image.sop_instance_uid,
+        sop_class_uid=image.sop_class_uid,
+        eligible=image.eligible,
+        reason_code=image.reason_code,
+        reason=image.reason,
+        picture=(folder / pictures.IMAGE).is_file(),
+        heatmaps=pictures.heatmap_labels(folder, labels),
+        **pictures.geometry(folder),
+    )
+
+
 @router.get(
     "/studies/{study_uid}",
     response_model=StudyDetail,
@@ -274,26 +293,15 @@ def study_detail(
     now = ledger.now()
     base = _item(entry, ledger.top_findings([key]).get(key, []), now)
     found = ledger.findings_of(key)
-    folder = web.settings.spool_path / key / "previews"
     return StudyDetail(
         **base,
         images=[
-            ImageOut(
-                sop_instance_uid=i.sop_instance_uid,
-                sop_class_uid=i.sop_class_uid,
-                eligible=i.eligible,
-                reason_code=i.reason_code,
-                reason=i.reason,
-                picture=(folder / safe_key(i.sop_instance_uid) / "image.png").is_file(),
-                **_geometry(folder / safe_key(i.sop_instance_uid) / "geometry.json"),
-                heatmaps=heatmap_labels(
-                    web,
-                    key,
-                    i.sop_instance_uid,
-                    [f.label for f in found if f.sop_instance_uid == i.sop_instance_uid],
-                ),
+            _image_out(
+                image,
+                pictures.picture_folder(web.settings.spool_path, key, image.sop_instance_uid),
+                [f.label for f in found if f.sop_instance_uid == image.sop_instance_uid],
             )
-            for i in ledger.instances_of(key)
+            for image in ledger.instances_of(key)
         ],
         findings=[
             FindingOut(
@@ -331,87 +339,6 @@ def study_detail(
         ],
         patient_conflicts=ledger.patient_conflict_counts([key]).get(key, 0),
     )
-
-
-_PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "a PNG"},
-    404: {"model": ProblemDocument, "description": "unknown study, image or finding"},
-}
-
-
-def _slug(label: str) -> str:
-    """As the worker names a finding's heatmap file (workers.previews.label_slug)."""
-    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "finding"
-
-
-def _preview_folder(web: WebState, ledger: Ledger, study_uid: str, sop_uid: str) -> Path:
-    key, sop = safe_key(study_uid), safe_key(sop_uid)
-    if not any(i.sop_instance_uid == sop_uid for i in ledger.instances_of(key)):
-        raise not_found(f"image {sop_uid[:80]!r} of study {study_uid[:80]!r}")
-    return web.settings.spool_path / key / "previews" / sop
-
-
-def _png_file(path: Path, what: str) -> FileResponse:
-    if not path.is_file():
-        raise not_found(what)
-    return FileResponse(
-        path, media_type="image/png", headers={"Cache-Control": "private, max-age=300"}
-    )
-
-
-def _geometry(path: Path) -> dict[str, int]:
-    """The analysed image's rows and columns, as the worker wrote them beside its pictures."""
-    try:
-        data = json.loads(path.read_text())
-        return {"rows": int(data["rows"]), "columns": int(data["columns"])}
-    except (OSError, ValueError, KeyError, TypeError):
-        return {}
-
-
-def heatmap_labels(web: WebState, study_key: str, sop_uid: str, labels: list[str]) -> list[str]:
-    """The findings (of ``labels``) that have a heatmap picture for the image."""
-    folder = web.settings.spool_path / study_key / "previews" / safe_key(sop_uid)
-    return [label for label in labels if (folder / f"heatmap-{_slug(label)}.png").is_file()]
-
-
-@router.get(
-    "/studies/{study_uid}/images/{sop_instance_uid}/image.png",
-    response_class=FileResponse,
-    tags=["studies"],
-    responses=_PNG,
-)
-def image_png(
-    study_uid: str, sop_instance_uid: str, principal: Viewer, ledger: LedgerDep, web: StateDep
-) -> FileResponse:
-    """The radiograph as the analysis displayed it (windowed), at most 1024 pixels a side."""
-    folder = _preview_folder(web, ledger, study_uid, sop_instance_uid)
-    return _png_file(folder / "image.png", "the image's picture (not analysed, or purged)")
-
-
-@router.get(
-    "/studies/{study_uid}/images/{sop_instance_uid}/heatmap.png",
-    response_class=FileResponse,
-    tags=["studies"],
-    responses=_PNG,
-)
-def heatmap_png(
-    study_uid: str,
-    sop_instance_uid: str,
-    principal: Viewer,
-    ledger: LedgerDep,
-    web: StateDep,
-    finding: Annotated[
-        str | None, Query(max_length=64, description="the finding's label; default: the first")
-    ] = None,
-) -> FileResponse:
-    """A finding's Grad-CAM map as a colour overlay (RGBA PNG) in the picture's geometry."""
-    folder = _preview_folder(web, ledger, study_uid, sop_instance_uid)
-    if finding is None:
-        explained = sorted(folder.glob("heatmap-*.png")) if folder.is_dir() else []
-        if not explained:
-            raise not_found("a heatmap of this image")
-        return _png_file(explained[0], "a heatmap of this image")
-    return _png_file(folder / f"heatmap-{_slug(finding)}.png", f"a heatmap of {finding[:64]!r}")
 
 
 @router.post(

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse,
 
 from cxr_node.ledger import Ledger
 from cxr_node.settings import Settings
-from cxr_node.web import api, metrics, pages, problems, uploads_api
+from cxr_node.web import api, metrics, pages, pictures_api, problems, uploads_api
 from cxr_node.web.auth import Principal, requires
 from cxr_node.web.credentials import Role
 from cxr_node.web.state import WebState
@@ -62,6 +62,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(api.router)
+    app.include_router(pictures_api.router)
     app.include_router(uploads_api.router)
     app.include_router(pages.router)
 

@@ -14,12 +14,14 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, File, Query, Request, Response, UploadFile
 from fastapi.responses import FileResponse
 
+from cxr_node import pictures
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
 from cxr_node.spool import Spool
 from cxr_node.uploads import Uploads
 from cxr_node.web.auth import Principal, ledger_of, requires
 from cxr_node.web.credentials import Role
+from cxr_node.web.pictures_api import PNG_RESPONSES, png_file
 from cxr_node.web.problems import Problem, ProblemDocument, not_found
 from cxr_node.web.schemas import (
     AI_NOTICE,
@@ -179,22 +181,16 @@ def analysis(
     return answer
 
 
-_PNG: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "a PNG"},
-    404: {"model": ProblemDocument, "description": "unknown analysis or finding"},
-}
-
-
-@router.get("/analyses/{upload_id}/image.png", response_class=FileResponse, responses=_PNG)
+@router.get("/analyses/{upload_id}/image.png", response_class=FileResponse, responses=PNG_RESPONSES)
 def upload_image(upload_id: str, principal: Operator, web: StateDep) -> FileResponse:
     """The uploaded image as analysed."""
-    path = _known(web, upload_id).folder(upload_id) / "image.png"
-    if not path.is_file():
-        raise not_found("the picture (not analysed yet, or not analysable)")
-    return FileResponse(path, media_type="image/png")
+    path = _known(web, upload_id).folder(upload_id) / pictures.IMAGE
+    return png_file(path, "the picture (not analysed yet, or not analysable)", "private")
 
 
-@router.get("/analyses/{upload_id}/heatmap.png", response_class=FileResponse, responses=_PNG)
+@router.get(
+    "/analyses/{upload_id}/heatmap.png", response_class=FileResponse, responses=PNG_RESPONSES
+)
 def upload_heatmap(
     upload_id: str,
     principal: Operator,
@@ -202,9 +198,5 @@ def upload_heatmap(
     finding: Annotated[str, Query(max_length=64)],
 ) -> FileResponse:
     """A finding's Grad-CAM overlay of the uploaded image."""
-    from cxr_node.web.api import _slug
-
-    path = _known(web, upload_id).folder(upload_id) / f"heatmap-{_slug(finding)}.png"
-    if not path.is_file():
-        raise not_found(f"a heatmap of {finding[:64]!r}")
-    return FileResponse(path, media_type="image/png")
+    path = _known(web, upload_id).folder(upload_id) / pictures.heatmap_name(finding)
+    return png_file(path, f"a heatmap of {finding[:64]!r}", "private")

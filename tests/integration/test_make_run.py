@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cxr_node.check import echo
-from tests.conftest import REPO, free_port
+from tests.conftest import REPO, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -79,9 +79,7 @@ def _log_in_as_printed(log_path: Path, http_port: int) -> None:
 
     import httpx2 as httpx
 
-    deadline = time.monotonic() + 30
-    while not _listening(http_port) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: _listening(http_port), timeout=30)
     text = log_path.read_text()
     assert f"http://localhost:{http_port}/" in text
     password = re.findall(r"user 'admin' created with password (\S+)", text)

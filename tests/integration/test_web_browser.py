@@ -16,7 +16,7 @@ import pytest
 from cxr_node.jobs import Priority
 from cxr_node.ledger import Ledger
 from cxr_node.web import credentials
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port, wait_for_port, wait_until
 from tests.integration.node import NodeProcess
 from tests.unit._studies import seed_study
 
@@ -105,13 +105,9 @@ def browser() -> Iterator[object]:
 
 def _wait_loaded(image: object, timeout: float = 10.0) -> None:
     """Until the picture has loaded (a function call over CDP: the page's CSP forbids eval)."""
-    import time
-
-    deadline = time.monotonic() + timeout
     script = "(img) => img.complete && img.naturalWidth > 0"
-    while not image.evaluate(script):  # type: ignore[attr-defined]
-        assert time.monotonic() < deadline, "the picture did not load"
-        time.sleep(0.1)
+    loaded = wait_until(lambda: image.evaluate(script), timeout)  # type: ignore[attr-defined]
+    assert loaded, "the picture did not load"
 
 
 def _log_in(page: object, base: str, name: str) -> None:

@@ -11,10 +11,11 @@ import pytest
 import sqlalchemy as sa
 
 from cxr_node.cli import main
-from cxr_node.jobs import CodedConcept, Finding, ImageAnalysis, ModelInfo, Priority
+from cxr_node.jobs import ImageAnalysis, ModelInfo, Priority
 from cxr_node.ledger import Ledger, LedgerUnavailable, ManualClock, ResultRow, StudyState
 from cxr_node.ledger.engine import head_revision
 from cxr_node.ledger.schema import metadata
+from tests.unit._studies import findings
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ledger-v0.1.sqlite"
 
@@ -22,22 +23,7 @@ FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "ledger-v0.1.sqlite
 def analysis(sop: str, score: float, priority: Priority) -> ImageAnalysis:
     return ImageAnalysis(
         sop_instance_uid=sop,
-        findings=[
-            Finding(
-                label="Pneumothorax",
-                code=CodedConcept(value="36118008", scheme="SCT", meaning="Pneumothorax"),
-                probability=score,
-                threshold=0.5,
-                positive=score >= 0.5,
-            ),
-            Finding(
-                label="Effusion",
-                code=CodedConcept(value="60046008", scheme="SCT", meaning="Pleural effusion"),
-                probability=0.1,
-                threshold=0.4,
-                positive=False,
-            ),
-        ],
+        findings=findings(score),
         abnormality_score=score,
         priority=priority,
         model=ModelInfo(name="cxr-demo", version="0.1", demo=True, members=[], device_uid="1.2"),

@@ -11,9 +11,10 @@ import numpy as np
 from PIL import Image
 
 from cxr_node.jobs import ImageAnalysis, ModelInfo, Priority
+from cxr_node.pictures import label_slug
 from cxr_node.spool import Spool
 from workers.analysis import AnalysedImage
-from workers.previews import label_slug, overlay_png, preview_shape, write_previews
+from workers.previews import overlay_png, preview_shape, write_previews
 
 
 def _analysed(overlays: dict[str, np.ndarray]) -> AnalysedImage:
