@@ -105,6 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     _common(importer)
     importer.add_argument("weights_file", type=Path)
     importer.add_argument("--variant", help="all, nih, pc, chex, rsna, mimic_nb, mimic_ch")
+    from cxr_node.models_cli import add_parsers as add_model_parsers
+
+    add_model_parsers(model_commands, _common)
 
     studies = commands.add_parser("studies", help="recent studies and their states")
     _common(studies)
@@ -261,6 +264,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print("ok")
         return 0
     if args.command == "models":
+        from cxr_node import models_cli
+
+        handled = models_cli.run(args, settings)
+        if handled is not None:
+            return handled
         from workers import bundles
 
         if args.models_command == "init-demo":

@@ -16,7 +16,7 @@ from pydicom import Dataset
 
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
-from workers import pixels, previews, scoring
+from workers import pixels, preprocess, previews, scoring
 from workers.encode.sr import identity_uid
 from workers.ensemble import Ensemble
 
@@ -49,15 +49,8 @@ class Analyzer:
     def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
         """The network's input tensor (1, C, S, S) and where it sits in the source image."""
         prep = self.ensemble.preprocessing
-        box = pixels.square_box(image.shape[0], image.shape[1], prep.square)
-        square = pixels.extract_square(image, box)
-        tensor = torch.from_numpy(np.ascontiguousarray(square))[None, None]
-        resized = F.interpolate(tensor, size=(prep.size, prep.size), mode="area")[0, 0].numpy()
-        if prep.histogram_equalisation:
-            resized = pixels.equalise_histogram(resized)
-        scaled = pixels.scale_to_range(resized, prep.value_range)
-        batch = torch.from_numpy(scaled)[None, None].repeat(1, prep.channels, 1, 1)
-        return batch, box
+        square, box = preprocess.model_square(image, prep)
+        return preprocess.network_input(torch.from_numpy(square)[None, None], prep), box
 
     def analyse(self, dataset: Dataset) -> AnalysedImage:
         """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""

@@ -29,6 +29,7 @@ from cxr_node.errors import ModelBundleError
 from cxr_node.jobs import CodedConcept, ModelInfo, ModelMember
 from cxr_node.settings import EnsembleMember, Settings
 from workers.bundles import Bundle, list_bundles, read_bundle
+from workers.ensemble_config import read_ensemble_config
 from workers.networks import build_network, forward_with_activation
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,13 @@ def class_weights(network: torch.nn.Module) -> torch.Tensor:
 class Ensemble:
     """Loaded once per worker process and kept warm."""
 
-    def __init__(self, members: list[LoadedMember], device: torch.device) -> None:
+    def __init__(
+        self,
+        members: list[LoadedMember],
+        device: torch.device,
+        thresholds: dict[str, float] | None = None,
+        config_version: str | None = None,
+    ) -> None:
         if not members:
             raise ModelBundleError("the ensemble has no members")
         self.members = members
@@ -102,14 +109,23 @@ class Ensemble:
             for spec in member.bundle.metadata.labels:
                 if spec.name not in {name for name, _ in self.labels}:
                     self.labels.append((spec.name, spec.code))
+        self.threshold_overrides = dict(thresholds or {})
+        unknown = sorted(set(self.threshold_overrides) - {name for name, _ in self.labels})
+        if unknown:
+            raise ModelBundleError(f"thresholds for labels no member has: {', '.join(unknown)}")
+        self.config_version = config_version
         self.info = self._describe()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Ensemble:
-        """Load the configured bundles (or every installed one) and verify their weights."""
-        configured = settings.ensemble or [
-            EnsembleMember(bundle=b.path.name) for b in list_bundles(settings.models_path)
-        ]
+        """Load the configured bundles (the ``ensemble`` setting, else ``ensemble.json`` in the
+        models folder, else every installed bundle with weight 1) and verify their weights."""
+        config = None if settings.ensemble else read_ensemble_config(settings.models_path)
+        configured = (
+            settings.ensemble
+            or (config.members if config is not None else None)
+            or [EnsembleMember(bundle=b.path.name) for b in list_bundles(settings.models_path)]
+        )
         if not configured:
             raise ModelBundleError(
                 f"no model bundles in {settings.models_path}; run `cxr-node models init-demo` "
@@ -122,6 +138,9 @@ class Ensemble:
             bundle = read_bundle(path if path.is_dir() else type(path)(entry.bundle))
             members.append(LoadedMember(bundle, entry.weight, load_network(bundle, device)))
             log.info("loaded model %s on %s", bundle, device)
+        if config is not None:
+            log.info("ensemble configuration version %s", config.version)
+            return cls(members, device, config.thresholds, config.version)
         return cls(members, device)
 
     @property
@@ -140,6 +159,9 @@ class Ensemble:
             for m in self.members
         ]
         fingerprint = sorted(f"{m.name}:{m.version}:{m.sha256}:{m.weight}" for m in members)
+        if self.config_version is not None or self.threshold_overrides:
+            overrides = ",".join(f"{k}={v}" for k, v in sorted(self.threshold_overrides.items()))
+            fingerprint.append(f"ensemble:{self.config_version}:{overrides}")
         digest = hashlib.sha256("|".join(fingerprint).encode()).hexdigest()[:12]
         name = "cxr-node DenseNet ensemble" + (" DEMO (not trained)" if self.demo else "")
         return ModelInfo(
@@ -151,29 +173,52 @@ class Ensemble:
         )
 
     @torch.inference_mode()
+    def member_probabilities(self, batch: torch.Tensor) -> list[np.ndarray]:
+        """Each member's sigmoid outputs (B, outputs) for a batch, without activations."""
+        batch = batch.to(self.device)
+        return [
+            torch.sigmoid(member.network(batch)).float().cpu().numpy() for member in self.members
+        ]
+
+    def combine(self, member_outputs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The ensemble's probabilities (B, labels) and thresholds (labels,) in ``self.labels``
+        order: per label, the weighted average over the members that have it; the threshold is
+        the ensemble configuration's, else the weighted average of the members' thresholds."""
+        batch_size = member_outputs[0].shape[0]
+        sums = np.zeros((batch_size, len(self.labels)), dtype=np.float64)
+        threshold_sums = np.zeros(len(self.labels), dtype=np.float64)
+        weights = np.zeros(len(self.labels), dtype=np.float64)
+        column = {name: index for index, (name, _) in enumerate(self.labels)}
+        for member, outputs in zip(self.members, member_outputs, strict=True):
+            for spec in member.bundle.metadata.labels:
+                index = column[spec.name]
+                sums[:, index] += member.weight * outputs[:, member.label_index[spec.name]]
+                threshold_sums[index] += member.weight * spec.threshold
+                weights[index] += member.weight
+        thresholds = threshold_sums / weights
+        for name, value in self.threshold_overrides.items():
+            thresholds[column[name]] = value
+        return sums / weights, thresholds
+
+    @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> Inference:
         """One forward pass per member (batch of one): probabilities and target activations."""
         batch = batch.to(self.device)
-        sums: dict[str, list[float]] = {}
         activations: list[torch.Tensor] = []
+        outputs: list[np.ndarray] = []
         for member in self.members:
             logits, activation = forward_with_activation(member.network, batch)
             activations.append(activation[0].float())
-            probabilities = torch.sigmoid(logits)[0].float().cpu().numpy()
-            for spec in member.bundle.metadata.labels:
-                p = float(probabilities[member.label_index[spec.name]])
-                acc = sums.setdefault(spec.name, [0.0, 0.0, 0.0])
-                acc[0] += member.weight * p
-                acc[1] += member.weight * spec.threshold
-                acc[2] += member.weight
+            outputs.append(torch.sigmoid(logits)[:1].float().cpu().numpy())
+        probabilities, thresholds = self.combine(outputs)
         predictions = [
             LabelPrediction(
                 label=name,
                 code=code,
-                probability=sums[name][0] / sums[name][2],
-                threshold=sums[name][1] / sums[name][2],
+                probability=float(probabilities[0, index]),
+                threshold=float(thresholds[index]),
             )
-            for name, code in self.labels
+            for index, (name, code) in enumerate(self.labels)
         ]
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
         return Inference(predictions=predictions, input_size=size, activations=activations)
