@@ -103,6 +103,9 @@ class Destination(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: TlsOptions | None = None
+    shadow: bool = Field(
+        default=False, description="still receives results in shadow mode (shadow_mode)"
+    )
 
     @field_validator("ae_title")
     @classmethod
@@ -187,6 +190,10 @@ class Router:
     Sources come from the configuration file and from the ledger (``cxr-node aet add``); the
     ledger's are re-read at most every ``refresh_seconds``, so changes apply without a restart.
     Run-time sources come first: an operator's ``aet add`` overrides a file rule.
+
+    In shadow mode (``shadow_mode``) studies are still analysed and recorded, but their results
+    go only to the destinations marked ``shadow: true`` among those the route names; with none
+    so marked, nowhere.
     """
 
     def __init__(
@@ -196,7 +203,12 @@ class Router:
         default_destinations: list[str] | None,
         managed_sources: SourceProvider | None = None,
         refresh_seconds: float = 2.0,
+        *,
+        shadow_mode: bool = False,
     ) -> None:
+        self.shadow_mode = shadow_mode
+        """Deliver only to destinations marked ``shadow``; studies are recorded as shadow."""
+        self._shadow_destinations = frozenset(d.name for d in destinations if d.shadow)
         self._configured = list(sources)
         self._managed_provider = managed_sources
         self._refresh_seconds = refresh_seconds
@@ -227,6 +239,10 @@ class Router:
         return next((r for r in self.sources() if r.matches(calling_ae, address)), None)
 
     def destinations_for(self, calling_ae: str, address: str | None = None) -> list[str]:
-        """Destination names for a study sent by ``calling_ae`` from ``address``."""
+        """Destination names for a study sent by ``calling_ae`` from ``address``: its rule's, or
+        the default ones; in shadow mode only those of them marked ``shadow``."""
         rule = self.known_source(calling_ae, address)
-        return list(rule.destinations) if rule is not None else list(self._default)
+        names = list(rule.destinations) if rule is not None else list(self._default)
+        if self.shadow_mode:
+            return [name for name in names if name in self._shadow_destinations]
+        return names

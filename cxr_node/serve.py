@@ -40,6 +40,7 @@ def serve(settings: Settings) -> None:
         settings.sources,
         settings.default_destinations,
         managed_sources=ledger.list_sources,
+        shadow_mode=settings.shadow_mode,
     )
     require_known = settings.require_known_sources
     if require_known is None:
@@ -78,6 +79,7 @@ def serve(settings: Settings) -> None:
         sessions=SenderSessions(assembler.studies_complete)
         if settings.assemble_on_release
         else None,
+        shadow=settings.shadow_mode,
     )
     gate = (
         (lambda ae, address: router.known_source(ae, address) is not None)
@@ -103,6 +105,12 @@ def serve(settings: Settings) -> None:
         mode,
         ", ".join(f"{d.name} ({d})" for d in settings.destinations) or "no destination",
     )
+    if settings.shadow_mode:
+        log.warning(
+            "shadow mode: studies are analysed and recorded; results go only to %s",
+            ", ".join(d.name for d in settings.destinations if d.shadow)
+            or "no destination (none is marked shadow)",
+        )
     if require_known:
         log.info("only known sources may send (%d known)", len(router.sources()))
     else:

@@ -74,6 +74,10 @@ class Settings(BaseSettings):
     default_destinations: list[str] | None = Field(
         default=None, description="destinations for senders without a rule; unset: all"
     )
+    shadow_mode: bool = Field(
+        default=False,
+        description="analyse and record every study, deliver only to destinations marked shadow",
+    )
     delivery_timeout_seconds: float = Field(default=30.0, gt=0.0, le=600.0)
     delivery_retry_initial_seconds: float = Field(default=2.0, gt=0.0, le=3600.0)
     delivery_retry_max_seconds: float = Field(default=300.0, gt=0.0, le=86400.0)

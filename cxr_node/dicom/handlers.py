@@ -141,6 +141,7 @@ class StoreHandler:
         max_instance_bytes: int | None = None,
         rules: intake.EligibilityRules = intake.DEFAULT_RULES,
         sessions: SenderSessions | None = None,
+        shadow: bool = False,
     ) -> None:
         self._spool = spool
         self._ledger = ledger
@@ -150,6 +151,8 @@ class StoreHandler:
         self._rules = rules
         self.sessions = sessions
         """Told which study each association sent, when a release should end a study."""
+        self.shadow = shadow
+        """Shadow mode: new studies are recorded as shadow (``router`` routes them so too)."""
         self.receive_limits = ReceiveLimits(max_instance_bytes, min_free_bytes, spool.free_bytes)
         """Applied while data sets arrive (see :mod:`cxr_node.dicom.receive`)."""
         self._instance_locks = [threading.Lock() for _ in range(64)]
@@ -336,6 +339,7 @@ class StoreHandler:
             destinations=self._router(calling_ae, _peer_address(event)),
             sha256=digest,
             attributes=attributes,
+            shadow=self.shadow,
         )
         if isinstance(is_new, PatientConflict):  # a concurrent association came first
             if conflict_keeps_other_file(is_new, study_key):

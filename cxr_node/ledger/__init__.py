@@ -4,7 +4,7 @@ Every arrow of the data flow is a state change recorded here (through the one tr
 in :mod:`cxr_node.ledger.transitions`), so that after any crash the node resumes without losing
 or duplicating work. SQLite by default; PostgreSQL for several machines. Split by concern:
 schema and migrations, intake and assembly, claims, deliveries, sources, liveness, retention,
-and the read model (queries).
+and the read model (queries, the worklist, metrics, validation and drift).
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ from cxr_node.ledger.rows import (
 )
 from cxr_node.ledger.sources import SourcesLedger
 from cxr_node.ledger.transitions import DeliveryState, IllegalTransition, StudyState
+from cxr_node.ledger.validation import (
+    AnalysedStudyFindings,
+    DriftRow,
+    FindingFigures,
+    FindingRate,
+    ValidationLedger,
+)
 from cxr_node.ledger.worklist import WorklistEntry, WorklistFilter, WorklistLedger, WorklistPage
 
 
@@ -47,15 +54,20 @@ class Ledger(
     AccountsLedger,
     WorklistLedger,
     MetricsLedger,
+    ValidationLedger,
 ):
     """Records and answers where each study and instance is (one object, several parts)."""
 
 
 __all__ = [
     "SYSTEM_CLOCK",
+    "AnalysedStudyFindings",
     "Clock",
     "DeliveryRow",
     "DeliveryState",
+    "DriftRow",
+    "FindingFigures",
+    "FindingRate",
     "FindingRow",
     "IllegalTransition",
     "InstanceRow",

@@ -52,11 +52,13 @@ class IntakeLedger(LedgerBase):
         destinations: list[str],
         sha256: str | None = None,
         attributes: StudyAttributes | None = None,
+        shadow: bool = False,
     ) -> bool | PatientConflict:
         """Record a spooled instance; return False when the instance was already known with the
         same content. Known with other content (a corrected image), it replaces the old row and
         the study is assembled again. ``attributes`` are kept from the study's first instance
-        (and filled in where it lacked them).
+        (and filled in where it lacked them). ``shadow`` (shadow mode) marks a new study; like
+        ``destinations``, it is set once, by the study's first instance.
 
         Refused, in the same transaction, when the study, or the SOP Instance UID in any study,
         is known for another patient (:meth:`patient_conflict`): nothing is replaced or merged,
@@ -118,6 +120,7 @@ class IntakeLedger(LedgerBase):
                             updated_at=now,
                             last_received_at=now,
                             attempts=0,
+                            shadow=shadow,
                         )
                     )
                     note(db, now, study_key, S.RECEIVED, detail)

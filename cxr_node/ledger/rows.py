@@ -43,6 +43,8 @@ class StudyRow:
     model: dict[str, Any] | None = None
     reserved_by: str | None = None
     claimed_by: str | None = None
+    shadow: bool = False
+    """Received in shadow mode: analysed and recorded, results only to shadow destinations."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ def study_row(row: Any) -> StudyRow:
         model=json.loads(row.model_json) if row.model_json else None,
         reserved_by=row.reserved_by,
         claimed_by=row.claimed_by,
+        shadow=bool(row.shadow),
     )
 
 

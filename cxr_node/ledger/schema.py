@@ -41,6 +41,8 @@ studies = sa.Table(
     sa.Column("model_version", sa.Text),
     sa.Column("model_demo", sa.Boolean),
     sa.Column("model_json", sa.Text),
+    # since 0006: received in shadow mode (results only to destinations marked shadow)
+    sa.Column("shadow", sa.Boolean),
 )
 
 instances = sa.Table(

@@ -216,6 +216,7 @@ def _item(entry: WorklistEntry, top: list[str], now: float) -> dict[str, Any]:
         "model": _model(row),
         "patient": _patient(entry.attributes),
         "notices": _notices(row),
+        "shadow": row.shadow,
     }
 
 

@@ -1,6 +1,8 @@
 """``/metrics`` in the Prometheus text format: what the ledger counts (every process's work:
-studies, deliveries, durations), this process's C-STORE answers by status, the spool's free
-space and the Python process. No label holds patient data or UIDs."""
+studies, deliveries, durations), what the model found over the last 7 days (per finding label:
+the positive rate, the mean probability; the abnormality scores), this process's C-STORE answers
+by status, the spool's free space and the Python process. No label holds patient data or
+UIDs."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prometheus_client.registry import Collector
 
 from cxr_node.ledger import Ledger
 from cxr_node.ledger.metrics import Histogram
+from cxr_node.ledger.validation import FindingFigures
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -87,6 +90,7 @@ class LedgerCollector(Collector):
             "seconds from a worker's claim of a study to its results",
             figures.analysis,
         )
+        yield from _finding_metrics(self._ledger.finding_figures())
         where = self._spool
         while not where.exists() and where != where.parent:
             where = where.parent  # not made yet: the file system it will be on
@@ -97,6 +101,38 @@ class LedgerCollector(Collector):
         yield GaugeMetricFamily(
             "cxr_spool_free_bytes", "free bytes on the spool's file system", value=free
         )
+
+
+def _finding_metrics(figures: FindingFigures) -> Iterator[Metric]:
+    """Drift at a glance, over the studies analysed in the window (7 days): per finding label
+    (the only label: no patient data), and the studies' abnormality scores."""
+    rate = GaugeMetricFamily(
+        "cxr_finding_positive_rate_7d",
+        "fraction of the studies analysed in the last 7 days positive for the finding",
+        labels=["finding"],
+    )
+    mean = GaugeMetricFamily(
+        "cxr_finding_probability_mean_7d",
+        "mean probability of the finding (the study's highest) over the last 7 days",
+        labels=["finding"],
+    )
+    count = GaugeMetricFamily(
+        "cxr_finding_studies_7d",
+        "studies analysed for the finding in the last 7 days",
+        labels=["finding"],
+    )
+    for label, figure in figures.by_finding.items():
+        rate.add_metric([label], figure.positive_rate)
+        mean.add_metric([label], figure.mean_probability)
+        count.add_metric([label], figure.studies)
+    yield rate
+    yield mean
+    yield count
+    yield _histogram(
+        "cxr_abnormality_score_7d",
+        "abnormality scores of the studies analysed in the last 7 days",
+        figures.abnormality_score,
+    )
 
 
 def exposition(registry: CollectorRegistry) -> bytes:

@@ -105,6 +105,11 @@ class StudyItem(BaseModel):
     model: ModelSummary | None = None
     patient: PatientStudy | None = None
     notices: list[str] = Field(description="AI-generated, and DEMO where it applies")
+    shadow: bool = Field(
+        default=False,
+        description="received in shadow mode: analysed and recorded, results not sent to PACS "
+        "(only to destinations marked shadow)",
+    )
 
 
 class StudyPage(BaseModel):

@@ -41,9 +41,11 @@ def seed_study(
     calling_ae: str = "MODALITY",
     destinations: list[str] | None = None,
     demo: bool = True,
+    shadow: bool = False,
 ) -> str:
-    """A one-image study; analysed with ``priority`` and ``score`` unless ``priority`` is None
-    (then left received). Returns the image's SOP Instance UID."""
+    """A one-image study (received in shadow mode with ``shadow``); analysed with ``priority``
+    and ``score`` unless ``priority`` is None (then left received). Returns the image's SOP
+    Instance UID."""
     sop = f"{key}.1"
     ledger.record_instance(
         study_key=key,
@@ -64,6 +66,7 @@ def seed_study(
             study_description="CHEST PA",
             modality="DX",
         ),
+        shadow=shadow,
     )
     if priority is None:
         return sop

@@ -511,3 +511,16 @@ def test_associations_beyond_the_limit_are_rejected_transiently(
         assert (primitive.result, primitive.result_source, primitive.diagnostic) == (2, 3, 2)
     finally:
         first.release()
+
+
+def test_in_shadow_mode_new_studies_are_recorded_as_shadow(node: Node) -> None:
+    before = make_cr_chest()
+    assert store(node, before) == status.SUCCESS
+    node.handler.shadow = True  # as serve makes it with shadow_mode: true
+    during = make_cr_chest()
+    assert store(node, during) == status.SUCCESS
+    plain = node.ledger.study(safe_key(before.StudyInstanceUID))
+    shadow = node.ledger.study(safe_key(during.StudyInstanceUID))
+    assert plain is not None and plain.shadow is False
+    assert shadow is not None and shadow.shadow is True
+    assert shadow.destinations == [PACS]  # the router chose them (in serve: shadow ones only)

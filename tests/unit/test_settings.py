@@ -149,7 +149,7 @@ def test_unknown_nested_key_lists_the_keys_allowed_at_its_level(tmp_path: Path) 
         )
     }
     destination = lines["destinations.0.colour"]
-    assert "allowed keys here: ae_title, host, name, port, tls" in destination
+    assert "allowed keys here: ae_title, host, name, port, shadow, tls" in destination
     assert "allowed keys here: ae_title, destinations, host" in lines["sources.0.destinationz"]
     eligibility = lines["eligibility.modalitiez"]
     assert "modalities" in eligibility and "broker_url" not in eligibility

@@ -604,3 +604,42 @@ def test_old_uploads_are_swept(tmp_path: Path) -> None:
     assert uploads.sweep() == 1
     assert not uploads.exists(old) and uploads.exists(new)
     assert uploads.source(new) is not None and uploads.source(new).suffix == ".dcm"  # type: ignore[union-attr]
+
+
+def test_shadow_studies_are_marked_in_the_worklist_and_the_study(node: Node) -> None:
+    seed_study(node.ledger, "6.1", priority=Priority.CRITICAL, score=0.9, shadow=True)
+    seed_study(node.ledger, "6.2", priority=Priority.ROUTINE, score=0.1)
+    answer = node.client.get("/api/v1/studies", headers=bearer(node.tokens["viewer"]))
+    assert answer.status_code == 200, answer.text
+    shadow = {s["study_uid"]: s["shadow"] for s in answer.json()["items"]}
+    assert shadow == {"6.1": True, "6.2": False}
+    study = node.client.get("/api/v1/studies/6.1", headers=bearer(node.tokens["viewer"]))
+    assert study.status_code == 200 and study.json()["shadow"] is True
+    assert study.json()["priority"] == "critical"  # analysed and recorded like any other
+
+
+def test_metrics_show_findings_and_scores_of_the_last_seven_days(node: Node) -> None:
+    seed_study(node.ledger, "7.0", priority=Priority.CRITICAL, score=0.95)  # 8 days before
+    node.clock.advance(8 * 86400)
+    seed_study(node.ledger, "7.1", priority=Priority.CRITICAL, score=0.8, patient_name=PATIENT)
+    seed_study(node.ledger, "7.2", priority=Priority.ROUTINE, score=0.2)
+    seed_study(node.ledger, "7.3", priority=Priority.ROUTINE, score=0.3)
+    seed_study(node.ledger, "7.4", priority=Priority.ABNORMAL, score=0.7, shadow=True)
+    seed_study(node.ledger, "7.5", priority=None)  # not analysed: not counted
+    answer = node.client.get("/metrics", headers=bearer(node.tokens["viewer"]))
+    assert answer.status_code == 200
+    text = answer.text
+    # Pneumothorax is positive at 0.5 and over (tests/unit/_studies.py): 7.1 and 7.4 of four
+    assert 'cxr_finding_positive_rate_7d{finding="Pneumothorax"} 0.5' in text
+    assert 'cxr_finding_positive_rate_7d{finding="Effusion"} 0.0' in text
+    assert 'cxr_finding_studies_7d{finding="Pneumothorax"} 4.0' in text
+    assert 'cxr_finding_probability_mean_7d{finding="Pneumothorax"} 0.5' in text
+    assert 'cxr_finding_probability_mean_7d{finding="Effusion"} 0.1' in text
+    assert 'cxr_abnormality_score_7d_bucket{le="0.2"} 1.0' in text
+    assert 'cxr_abnormality_score_7d_bucket{le="0.5"} 2.0' in text
+    assert 'cxr_abnormality_score_7d_bucket{le="1"} 4.0' in text
+    assert 'cxr_abnormality_score_7d_bucket{le="+Inf"} 4.0' in text
+    assert "cxr_abnormality_score_7d_count 4.0" in text
+    assert "cxr_abnormality_score_7d_sum 2.0" in text
+    for private in (PATIENT, "CANARY", "PID-1", "ACC-1", "7.1.1"):
+        assert private not in text

@@ -205,3 +205,21 @@ def test_the_models_page_marks_demo_bundles(
         page = test_client.get("/models")
     assert page.status_code == 200
     assert page.text.count("DEMO - not trained, no clinical meaning") == 2
+
+
+def test_shadow_studies_carry_a_shadow_badge_on_the_worklist_and_the_study_page(
+    client: TestClient, ledger: Ledger
+) -> None:
+    seed_study(ledger, "4.1", priority=Priority.CRITICAL, score=0.9, patient_name="SHADOW^ROW",
+               shadow=True)  # fmt: skip
+    seed_study(ledger, "4.2", priority=Priority.ROUTINE, score=0.1, patient_name="PLAIN^ROW")
+    log_in(client, "viewer")
+    badge = '<span class="badge shadow" title="shadow: not sent to PACS">SHADOW</span>'
+    rows = client.get("/worklist/rows").text
+    shadow_row = next(row for row in rows.split("</tr>") if "SHADOW, ROW" in row)
+    plain_row = next(row for row in rows.split("</tr>") if "PLAIN, ROW" in row)
+    assert badge in shadow_row and badge not in plain_row
+    assert badge in client.get("/").text
+    page = client.get("/studies/4.1").text
+    assert badge in page and "results not sent to PACS" in page
+    assert "badge shadow" not in client.get("/studies/4.2").text

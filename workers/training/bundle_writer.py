@@ -68,7 +68,7 @@ def write_trained_bundle(
         architecture=architecture,
         preprocessing=preprocessing,
         labels=[
-            LabelSpec(name=label, code=code_for(label), threshold=round(float(threshold), 6))
+            LabelSpec(name=label, code=code_for(label), threshold=float(threshold))
             for label, threshold in zip(labels, thresholds, strict=True)
         ],
         weights_sha256=sha256_of(weights),
@@ -94,7 +94,7 @@ def write_bundle_version(
     history.parent.mkdir(parents=True, exist_ok=True)
     history.write_text((folder / METADATA_PATH).read_text())
     labels = [
-        spec.model_copy(update={"threshold": round(float(thresholds[spec.name]), 6)})
+        spec.model_copy(update={"threshold": float(thresholds[spec.name])})
         if spec.name in thresholds
         else spec
         for spec in old.labels

@@ -122,8 +122,9 @@ def _figure(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def print_result(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_result(result: dict[str, Any], out: TextIO | None = None) -> None:
     """The per-finding table for people."""
+    out = out or sys.stdout
     model = result["model"]
     demo = "  [DEMO MODEL - NOT TRAINED]" if model["demo"] else ""
     print(f"{model['name']} {model['version']}{demo}: {result['n_images']} images", file=out)
@@ -149,6 +150,7 @@ def print_result(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
     print("AI model evaluation; not a diagnosis.", file=out)
 
 
-def print_json(result: dict[str, Any], out: TextIO = sys.stdout) -> None:
+def print_json(result: dict[str, Any], out: TextIO | None = None) -> None:
     """One JSON object (NaN never appears: undefined figures are null)."""
+    out = out or sys.stdout
     print(json.dumps(result, indent=2, allow_nan=False), file=out)
