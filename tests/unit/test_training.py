@@ -224,3 +224,15 @@ def test_bad_label_files_get_a_clear_error_naming_file_and_line(
     assert main([*args, "--data-dir", str(tmp_path)]) == 2
     error = capsys.readouterr().err
     assert "labels.csv, line 3" in error
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_uses_mixed_precision_and_writes_a_bundle(
+    task: Path, tmp_path: Path
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    result = train_tiny(task, tmp_path / "gpu-model", epochs=2, device="cuda")
+    record = json.loads((result.bundle / "configs" / "training.json").read_text())
+    assert record["device"].startswith("cuda")
+    assert read_bundle(result.bundle).metadata.demo is False
