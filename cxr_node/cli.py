@@ -289,6 +289,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             return 0
         for info in bundles.list_bundles(settings.models_path):
             print(info)
+        from workers.ensemble_config import read_ensemble_config
+
+        config = read_ensemble_config(settings.models_path)
+        if config is not None:
+            members = ", ".join(f"{m.bundle} x{m.weight:g}" for m in config.members)
+            print(
+                f"ensemble configuration version {config.version}: {members}; "
+                f"thresholds for {len(config.thresholds)} findings ({config.note or 'no note'})"
+            )
         return 0
     if args.command == "studies":
         return _print_studies(settings, args.last, args.json)

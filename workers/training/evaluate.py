@@ -143,6 +143,11 @@ def print_result(result: dict[str, Any], out: TextIO | None = None) -> None:
             file=out,
         )
     print(f"mean AUC {_figure(result['mean_auc'])}", file=out)
+    data = result["data"]
+    skipped = ", ".join(f"{code} {n}" for code, n in data["skipped_counts"].items()) or "none"
+    print(f"data: {data['used']} used; skipped: {skipped}", file=out)
+    if result["unreadable"]:
+        print(f"  {len(result['unreadable'])} images unreadable as the node reads them", file=out)
     for member in result["members"]:
         print(f"  member {member['name']}: mean AUC {_figure(member['mean_auc'])}", file=out)
     if "report" in result:

@@ -400,6 +400,7 @@ def train(
     run.folder.mkdir(parents=True, exist_ok=True)
     (run.folder / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     run.read_data(resume)
+    print_data_summary(run.data, run.train_images.skipped + run.validation_images.skipped)
     run.build()
     first = run.restore() + 1 if resume else 1
     interrupted = False
@@ -433,6 +434,22 @@ def train(
     if not _state_path(run).is_file():
         raise TrainingError("stopped before the first epoch ended: nothing to write")
     return _finish(run, threshold_rule, interrupted, time.monotonic() - started)
+
+
+def print_data_summary(data: datasets.LabelledData, unreadable: list[datasets.Skipped]) -> None:
+    """What was used and what was skipped, and why (standard error: stdout stays for results)."""
+    print(f"data: {data.format} from {data.source}", file=sys.stderr)
+    for what, count in data.summary():
+        print(f"  {what:<34} {count:>7}", file=sys.stderr)
+    if unreadable:
+        print(f"  {'skipped: pixels unreadable':<34} {len(unreadable):>7}", file=sys.stderr)
+    for label, (positive, negative, unknown) in data.positives().items():
+        print(
+            f"  {label:<34} {positive:>7} positive {negative:>7} negative {unknown:>7} unknown",
+            file=sys.stderr,
+        )
+    for note in data.notes:
+        print(f"  note: {note}", file=sys.stderr)
 
 
 def _announce(record: EpochRecord, epochs: int, progress: bool) -> None:
