@@ -399,8 +399,11 @@ def retry_delivery(
 def list_models(principal: Viewer, web: StateDep) -> list[ModelOut]:
     """The installed model bundles; DEMO ones are untrained and say so."""
     from workers.bundles import list_bundles  # metadata only: no torch
+    from workers.ensemble_config import read_ensemble_config
 
-    weights = {member.bundle: member.weight for member in web.settings.ensemble}
+    config = None if web.settings.ensemble else read_ensemble_config(web.settings.models_path)
+    members = web.settings.ensemble or (config.members if config is not None else [])
+    weights = {member.bundle: member.weight for member in members}
     return [
         ModelOut(
             name=bundle.metadata.name,
@@ -409,7 +412,10 @@ def list_models(principal: Viewer, web: StateDep) -> list[ModelOut]:
             demo=bundle.metadata.demo,
             architecture=bundle.metadata.architecture,
             labels=[label.name for label in bundle.metadata.labels],
+            thresholds={label.name: label.threshold for label in bundle.metadata.labels},
             ensemble_weight=weights.get(bundle.path.name),
+            ensemble_version=config.version if config is not None else None,
+            ensemble_thresholds=config.thresholds if config is not None else {},
         )
         for bundle in list_bundles(web.settings.models_path)
     ]

@@ -229,8 +229,17 @@ class ModelOut(BaseModel):
     demo: bool = Field(description="untrained demo weights: no clinical meaning")
     architecture: str
     labels: list[str]
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="the bundle's operating point per finding"
+    )
     ensemble_weight: float | None = Field(
         default=None, description="its weight when the configuration names the ensemble"
+    )
+    ensemble_version: str | None = Field(
+        default=None, description="version of the calibrated ensemble.json, when there is one"
+    )
+    ensemble_thresholds: dict[str, float] = Field(
+        default_factory=dict, description="the ensemble's operating points (ensemble.json)"
     )
 
 

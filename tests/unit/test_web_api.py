@@ -4,7 +4,9 @@ sources and destinations, the audit trail, and the whole matrix of roles x endpo
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -459,6 +461,38 @@ def test_models_are_listed_with_their_demo_flag(tmp_path: Path, models_dir: Path
     ledger.close()
     assert len(models) == 2 and all(m["demo"] for m in models)
     assert all("Pneumothorax" in m["labels"] for m in models)
+
+
+def test_models_show_the_calibrated_ensemble_configuration(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(models_dir, models)
+    names = sorted(p.name for p in models.iterdir())
+    (models / "ensemble.json").write_text(
+        json.dumps(
+            {
+                "version": "3",
+                "members": [
+                    {"bundle": names[0], "weight": 0.7},
+                    {"bundle": names[1], "weight": 0.3},
+                ],
+                "thresholds": {"Pneumothorax": 0.42},
+            }
+        )
+    )
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    made = credentials.new_token()
+    ledger.add_token("bot", made.token_id, made.secret_hash, "viewer")
+    app = create_app(Settings(data_dir=tmp_path, models_dir=models), ledger)
+    with TestClient(app) as client:
+        listed = client.get("/api/v1/models", headers=bearer(made.value)).json()
+    ledger.close()
+    weights = {m["name"]: m["ensemble_weight"] for m in listed}
+    assert weights == {names[0]: 0.7, names[1]: 0.3}
+    assert all(m["ensemble_version"] == "3" for m in listed)
+    assert all(m["ensemble_thresholds"] == {"Pneumothorax": 0.42} for m in listed)
+    assert all(m["thresholds"]["Pneumothorax"] == 0.5 for m in listed)
 
 
 def test_the_web_app_never_imports_torch(tmp_path: Path, models_dir: Path) -> None:
