@@ -78,7 +78,8 @@ def evaluate_model(
     result = _result_json(predictions, data, whole, members)
     if report_dir is not None:
         notes = _notes(predictions, data)
-        title = f"Evaluation of {ensemble.info.name} {ensemble.info.version} on {data_path.name}"
+        bundles = ", ".join(f"{m.name} {m.version}" for m in ensemble.info.members)
+        title = f"Evaluation of {bundles} ({ensemble.info.version}) on {data_path.name}"
         report = write_report(report_dir, [whole, *members], title, notes=notes)
         result["report"] = str(report)
     return result
@@ -105,7 +106,12 @@ def _result_json(
     info = predictions.ensemble.info
     evaluation = whole.to_json()
     return {
-        "model": {"name": info.name, "version": info.version, "demo": info.demo},
+        "model": {
+            "name": info.name,
+            "version": info.version,
+            "demo": info.demo,
+            "bundles": [f"{m.name} {m.version}" for m in info.members],
+        },
         "per_finding": evaluation["per_finding"],
         "mean_auc": evaluation["mean_auc"],
         "n_images": evaluation["n_images"],
@@ -127,14 +133,19 @@ def print_result(result: dict[str, Any], out: TextIO | None = None) -> None:
     out = out or sys.stdout
     model = result["model"]
     demo = "  [DEMO MODEL - NOT TRAINED]" if model["demo"] else ""
-    print(f"{model['name']} {model['version']}{demo}: {result['n_images']} images", file=out)
+    bundles = ", ".join(model["bundles"])
+    print(
+        f"{bundles} ({model['name']} {model['version']}){demo}: {result['n_images']} images",
+        file=out,
+    )
     header = (
         f"{'finding':<26} {'pos':>5} {'neg':>5} {'AUC':>6} {'95% CI':>13} {'acc':>6} "
         f"{'sens':>6} {'spec':>6} {'PPV':>6} {'NPV':>6} {'thr':>6}"
     )
     print(header, file=out)
     for row in result["per_finding"]:
-        ci = f"{_figure(row['auc_ci_low'])}-{_figure(row['auc_ci_high'])}"
+        low, high = row["auc_ci_low"], row["auc_ci_high"]
+        ci = "-" if low is None or high is None else f"{low:.3f}-{high:.3f}"
         print(
             f"{row['label']:<26} {row['n_positive']:>5} {row['n_negative']:>5} "
             f"{_figure(row['auc']):>6} {ci:>13} {_figure(row['accuracy']):>6} "
