@@ -168,20 +168,23 @@ def _runtime(given: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in given.items() if k in {"device", "patience"}}
 
 
-def _installed(settings: Settings) -> list[Path]:
+def _installed(settings: Settings) -> tuple[list[Path], list[float] | None]:
     from workers.bundles import list_bundles
     from workers.ensemble_config import ENSEMBLE_FILE
 
+    """The model as the node serves it: the ``ensemble`` setting (with its weights), else the
+    models folder's ensemble.json, else every installed bundle."""
     if settings.ensemble:
-        return [
+        paths = [
             settings.models_path / m.bundle
             if (settings.models_path / m.bundle).is_dir()
             else Path(m.bundle)
             for m in settings.ensemble
         ]
+        return paths, [m.weight for m in settings.ensemble]
     if (settings.models_path / ENSEMBLE_FILE).is_file():
-        return [settings.models_path]
-    return [bundle.path for bundle in list_bundles(settings.models_path)]
+        return [settings.models_path], None
+    return [bundle.path for bundle in list_bundles(settings.models_path)], None
 
 
 def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
@@ -205,9 +208,11 @@ def _evaluate(args: argparse.Namespace, settings: Settings) -> int:
     if args.data is None:
         print("error: --data is required (or --ledger --labels FILE)", file=sys.stderr)
         return 2
+    models, weights = (args.models, args.weights) if args.models else _installed(settings)
     result = evaluate_model(
-        args.models or _installed(settings), args.data, images_root=args.images_root,
-        fmt=args.fmt, labels=args.findings, weights=args.weights, report_dir=args.report,
+        models, args.data, images_root=args.images_root,
+        fmt=args.fmt, labels=args.findings, weights=args.weights or weights,
+        report_dir=args.report,
         bootstrap=args.bootstrap, seed=args.seed, device=args.device, progress=not args.json,
     )  # fmt: skip
     (print_json if args.json else print_result)(result)
@@ -246,8 +251,15 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from workers.training.calibrate import calibrate
     from workers.training.operating_points import ThresholdRule
 
+    if settings.ensemble:
+        print(
+            "warning: the configuration's `ensemble` setting takes precedence over "
+            "ensemble.json; update it by hand with the weights and thresholds shown here",
+            file=sys.stderr,
+        )
+    models, weights = (args.models, None) if args.models else _installed(settings)
     result = calibrate(
-        args.models or _installed(settings), args.data, models_dir=settings.models_path,
+        models, args.data, models_dir=settings.models_path, weights=weights,
         rule=ThresholdRule.parse(args.rule), fit_weights=args.fit_weights,
         images_root=args.images_root, fmt=args.fmt, dry_run=args.dry_run, seed=args.seed,
         device=args.device, progress=not args.json,

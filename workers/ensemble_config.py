@@ -71,6 +71,8 @@ def write_ensemble_config(models_dir: Path, config: EnsembleConfig) -> Path:
             update={"created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
         )
     temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(config.model_dump(mode="json"), indent=2) + "\n")
+    temporary.write_text(
+        json.dumps(config.model_dump(mode="json"), indent=2, allow_nan=False) + "\n"
+    )
     temporary.replace(path)
     return path

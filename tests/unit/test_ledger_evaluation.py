@@ -89,6 +89,20 @@ def test_ground_truth_is_matched_and_evaluated_per_model_version(
         assert f">{accession}<" not in page  # no accession numbers in the report
 
 
+def test_ground_truth_with_both_uid_columns_is_keyed_by_accession(
+    site: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    both = site / "both.csv"
+    rows = [f"{a},9.{a},{t}" for a, t, _ in VERSION_1]
+    both.write_text("AccessionNumber,StudyInstanceUID,Pneumothorax\n" + "\n".join(rows) + "\n")
+    args = ["models", "evaluate", "--ledger", "--labels", str(both), "--json"]
+    assert main([*args, "--data-dir", str(site)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["key"] == "accession" and result["matched_studies"] == 10
+    labels = {f["label"] for v in result["versions"] for f in v["per_finding"]}
+    assert labels == {"Pneumothorax"}
+
+
 def test_a_ground_truth_file_without_a_key_column_is_refused_by_name(
     site: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -22,10 +22,20 @@ from workers.offline import read_source
 from workers.results import encode_results
 from workers.training import datasets
 from workers.training.bundle_writer import write_trained_bundle
+from workers.training.calibrate import floored
 from workers.training.images import label_matrix, load_images
 from workers.training.predictions import load_model, predict_data
 from workers.training.synthetic import SYNTHETIC_LABELS
-from workers.training.train import TrainConfig, TrainResult, _initial_network, predict, train
+from workers.training.train import (
+    TrainConfig,
+    TrainingError,
+    TrainResult,
+    _initial_network,
+    _scheduler,
+    learning_rate_factor,
+    predict,
+    train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +109,40 @@ def test_interrupt_keeps_the_best_epoch_and_resume_continues(task: Path, tmp_pat
     stopped = train(config, out, progress=False, on_epoch_end=interrupt)
     assert stopped.interrupted and stopped.best_epoch == 1
     assert read_bundle(out).metadata.demo is False
-    assert sorted(p.name for p in (out / "training" / "checkpoints").iterdir()) == ["epoch-0001.pt"]
+    assert sorted(p.name for p in (out / "training" / "checkpoints").iterdir()) == [
+        "epoch-00001.pt"
+    ]
     resumed = train(config, out, resume=True, progress=False)
     assert not resumed.interrupted
     assert [record.epoch for record in resumed.history] == [1, 2, 3]
     assert resumed.history[0] == stopped.history[0]
+    with pytest.raises(TrainingError, match="--resume"):  # a fresh run never mixes with it
+        train(config, out, progress=False)
+
+
+def test_the_schedule_follows_the_epoch_count_of_a_resumed_run() -> None:
+    assert learning_rate_factor("cosine", 0, 8) == 1.0
+    assert learning_rate_factor("cosine", 4, 8) == pytest.approx(0.5)
+    assert learning_rate_factor("cosine", 4, 4) == pytest.approx(0.0)
+    assert learning_rate_factor("step", 3, 9) == pytest.approx(0.1)
+    assert learning_rate_factor("constant", 7, 8) == 1.0
+    config = TrainConfig.model_validate({"data": "x.csv", "epochs": 4, "learning_rate": 1.0})
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = _scheduler(optimizer, config)
+    for _ in range(2):
+        optimizer.step()
+        scheduler.step()
+    config.epochs = 8  # resumed with --epochs 8: epoch 3 of 8, not of 4
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(learning_rate_factor("cosine", 3, 8))
+
+
+def test_fitted_weights_never_drop_a_member() -> None:
+    weights = floored([1.0, 0.0])
+    assert all(w >= 0.0099 for w in weights) and sum(weights) == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        TrainConfig.model_validate({"data": "x.csv", "augment": ["mirror"]})
 
 
 def test_evaluate_prints_one_json_object_with_the_per_finding_table(

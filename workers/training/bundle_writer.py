@@ -33,7 +33,7 @@ HISTORY_DIR = Path("configs/history")
 def _write_json_atomically(path: Path, content: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_suffix(path.suffix + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    temporary.write_text(json.dumps(content, indent=2, allow_nan=False) + "\n")
     temporary.replace(path)
 
 

@@ -62,6 +62,18 @@ def _weighted(matrices: list[np.ndarray], weights: Sequence[float]) -> np.ndarra
     return np.asarray(total / np.maximum(mass, 1e-12))
 
 
+MIN_WEIGHT = 0.01
+"""A fitted weight below this is raised to it: a member stays in the ensemble (it may be the
+only one with some finding, and the node's weights must be positive)."""
+
+
+def floored(weights: Sequence[float]) -> list[float]:
+    """Weights at least ``MIN_WEIGHT`` each, summing to 1."""
+    raised = [max(float(w), MIN_WEIGHT) for w in weights]
+    total = sum(raised)
+    return [round(w / total, 6) for w in raised]
+
+
 def calibrate(
     model_paths: Sequence[Path],
     data_path: Path,
@@ -69,6 +81,7 @@ def calibrate(
     models_dir: Path,
     rule: ThresholdRule,
     fit_weights: bool = False,
+    weights: Sequence[float] | None = None,
     images_root: Path | None = None,
     fmt: str | None = None,
     dry_run: bool = False,
@@ -77,7 +90,7 @@ def calibrate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Choose operating points (and weights) on labelled data and write a new version."""
-    ensemble, config, config_folder = load_model(model_paths, None, device)
+    ensemble, config, config_folder = load_model(model_paths, weights, device)
     data = read_labelled_data(data_path, images_root=images_root, fmt=fmt)
     predictions = predict_data(ensemble, data, progress=progress)
     weights = [m.weight for m in ensemble.members]
@@ -91,7 +104,7 @@ def calibrate(
         fitted, mean_auc = fit_member_weights(
             [m[:, shared] for m in matrices], predictions.truth[:, shared], seed=seed
         )
-        weights = [round(w, 6) for w in fitted]
+        weights = floored(fitted)
         scores = _weighted(matrices, weights)
         result["weights"] = {
             m.bundle.metadata.name: w for m, w in zip(ensemble.members, weights, strict=True)
@@ -129,9 +142,11 @@ def calibrate(
         for m, w in zip(ensemble.members, weights, strict=True)
     ]
     version = next_version(previous.version if previous else None)
+    known = {name for name, _ in ensemble.labels}
+    kept = {k: v for k, v in (previous.thresholds if previous else {}).items() if k in known}
     written = write_ensemble_config(
         target,
-        EnsembleConfig(version=version, members=members, thresholds=thresholds, note=note),
+        EnsembleConfig(version=version, members=members, thresholds=kept | thresholds, note=note),
     )
     result["written"] = {"ensemble": str(written), "version": version}
     return result

@@ -47,7 +47,8 @@ def read_ground_truth(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
                 f"{path}, line 1: no key column; expected one of "
                 f"{', '.join(ACCESSION_COLUMNS + STUDY_UID_COLUMNS)}"
             )
-        labels = [c for c in header if c != key_column and c.strip()]
+        keys = set(ACCESSION_COLUMNS) | set(STUDY_UID_COLUMNS)
+        labels = [c for c in header if c not in keys and c.strip()]
         truth: dict[str, dict[str, float]] = {}
         for line, row in enumerate(reader, start=2):
             key = (row.get(key_column) or "").strip()
@@ -85,8 +86,15 @@ def _evaluate_version(
             answer = study.findings.get(label)
             if answer is None:
                 continue
-            scores[row, column] = answer[0]
-            thresholds[label][answer[1]] += 1
+            probability, threshold, present = answer
+            # the node's own call counts: a stored (rounded) probability that lands on the other
+            # side of the threshold is nudged back to the side the node decided
+            if present and probability < threshold:
+                probability = threshold
+            elif not present and probability >= threshold:
+                probability = float(np.nextafter(threshold, 0.0))
+            scores[row, column] = probability
+            thresholds[label][threshold] += 1
             t[row, column] = truth[_key(study, kind) or ""].get(label, np.nan)
     t[np.isnan(scores)] = np.nan
     scores = np.nan_to_num(scores, nan=0.0)

@@ -106,6 +106,8 @@ def predict_data(
     prep = ensemble.preprocessing
     if images is None:
         images = load_images(data.samples, prep, progress=progress)
+    if not images.samples:
+        raise ModelBundleError(f"{data.source}: no image could be read as the node reads it")
     outputs: list[list[np.ndarray]] = [[] for _ in ensemble.members]
     starts = range(0, len(images.samples), batch_size)
     for start in tqdm(starts, desc="predicting", disable=not progress, leave=False):

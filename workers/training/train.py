@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import sys
 import time
@@ -23,7 +24,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, Field
+from monai.data import MetaTensor
+from pydantic import BaseModel, Field, field_validator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -34,7 +36,7 @@ from workers.ensemble import select_device
 from workers.networks import build_network
 from workers.preprocess import network_input
 from workers.training import datasets
-from workers.training.augment import DEFAULT_AUGMENTATIONS, augmentation
+from workers.training.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS, augmentation
 from workers.training.bundle_writer import write_trained_bundle
 from workers.training.images import LoadedImages, label_matrix, load_images
 from workers.training.operating_points import ThresholdRule, choose_thresholds
@@ -48,6 +50,10 @@ CHECKPOINTS_KEPT = 2
 
 class TrainingError(Exception):
     """Training cannot start or produced nothing to write."""
+
+
+class DivergedError(TrainingError):
+    """The loss or the outputs stopped being finite (a learning rate too high, say)."""
 
 
 class TrainConfig(BaseModel):
@@ -80,6 +86,14 @@ class TrainConfig(BaseModel):
     name: str | None = None
     version: str = "1.0.0"
     bootstrap: int = Field(default=1000, ge=0)
+
+    @field_validator("augment")
+    @classmethod
+    def _known_augmentations(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(AUGMENTATIONS))
+        if unknown:
+            raise ValueError(f"unknown augmentation {', '.join(unknown)}; known: {AUGMENTATIONS}")
+        return names
 
     def preprocessing(self) -> Preprocessing:
         """The bundle's preprocessing: what serving will do to every image."""
@@ -131,7 +145,10 @@ class _SquareDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         square = torch.from_numpy(self.images.square(index))[None]
         if self.transform is not None:
-            square = torch.as_tensor(self.transform(square)).float().clamp(0.0, 1.0)
+            augmented = self.transform(square)
+            if isinstance(augmented, MetaTensor):
+                augmented = augmented.as_tensor()  # plain tensors: no metadata tracking cost
+            square = torch.as_tensor(augmented).float().clamp(0.0, 1.0)
         return square, self.truth[index]
 
 
@@ -201,15 +218,24 @@ def _initial_network(config: TrainConfig, labels: list[str]) -> nn.Module:
     return network
 
 
+def learning_rate_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate's factor after ``epoch`` epochs of ``epochs``: cosine annealing to 0,
+    a step of 0.1 every third of the run, or constant."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+    if schedule == "step":
+        return float(0.1 ** (epoch // max(1, epochs // 3)))
+    return 1.0
+
+
 def _scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.schedule == "step":
-        step = max(1, config.epochs // 3)
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=step, gamma=0.1)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    """A schedule that reads the run's epoch count when it steps, so a resumed run that asks
+    for more epochs stretches it instead of restarting it."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda epoch: learning_rate_factor(config.schedule, epoch, config.epochs)
+    )
 
 
 @torch.inference_mode()
@@ -220,8 +246,10 @@ def predict(
     device: torch.device,
     batch_size: int,
     progress: bool = False,
+    mixed_precision: bool = True,
 ) -> np.ndarray:
-    """Sigmoid outputs (N, outputs) of one network on every image, in order."""
+    """Sigmoid outputs (N, outputs) of one network on every image, in order (bf16 on CUDA
+    unless ``mixed_precision`` is off: serving computes in float32)."""
     network.eval()
     outputs = []
     starts = range(0, len(images.samples), batch_size)
@@ -231,17 +259,17 @@ def predict(
             [torch.from_numpy(images.square(i))[None] for i in range(start, stop)]
         )
         batch = network_input(squares, prep).to(device)
-        with _autocast(device):
+        with _autocast(device, mixed_precision):
             logits = network(batch)
         outputs.append(torch.sigmoid(logits.float()).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros((0, 0), dtype=np.float32)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    """bf16 mixed precision on CUDA; a no-op on the CPU."""
-    return torch.autocast(
-        device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
-    )
+def _autocast(device: torch.device, enabled: bool = True) -> torch.autocast:
+    """bf16 mixed precision on CUDA (compute capability 8 or later, where bf16 is native);
+    a no-op on the CPU."""
+    native = device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and native)
 
 
 class _Run:
@@ -312,7 +340,7 @@ class _Run:
 
     def save_checkpoint(self, epoch: int) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
-        path = self.checkpoints / f"epoch-{epoch:04d}.pt"
+        path = self.checkpoints / f"epoch-{epoch:05d}.pt"
         temporary = path.with_suffix(".pt.tmp")
         torch.save(
             {
@@ -374,15 +402,51 @@ class _Run:
         self.scheduler.step()
         return total / max(seen, 1)
 
-    def validate(self) -> tuple[np.ndarray, dict[str, float | None]]:
+    def validate(self, mixed_precision: bool = True) -> tuple[np.ndarray, dict[str, float | None]]:
         scores = predict(
-            self.network, self.validation_images, self.prep, self.device, self.config.batch_size
+            self.network,
+            self.validation_images,
+            self.prep,
+            self.device,
+            self.config.batch_size,
+            mixed_precision=mixed_precision,
         )
+        if not np.isfinite(scores).all():
+            raise DivergedError("the network's outputs are no longer finite")
         return scores, _auc_per_label(self.validation_truth, scores, self.labels)
 
 
 def _state_path(run: _Run) -> Path:
     return run.folder / "best.pt"
+
+
+def _refuse_earlier_run(out: Path) -> None:
+    """A fresh run never mixes with an earlier one's checkpoints, best weights or bundle."""
+    earlier = [
+        path
+        for path in (
+            out / TRAINING_DIR / "checkpoints",
+            out / TRAINING_DIR / "best.pt",
+            out / "configs",
+        )
+        if path.exists()
+    ]
+    if earlier:
+        raise TrainingError(
+            f"{out} holds an earlier training run or bundle ({earlier[0].relative_to(out)}): "
+            "continue it with --resume, or train into another --out"
+        )
+
+
+def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
+    temporary = path.with_suffix(".pt.tmp")
+    torch.save(state, temporary)
+    temporary.replace(path)
+
+
+def _stopped_early(run: _Run, last_epoch: int) -> bool:
+    patience = run.config.patience
+    return bool(patience and run.best_epoch and last_epoch - run.best_epoch >= patience)
 
 
 def train(
@@ -396,41 +460,49 @@ def train(
     random.seed(config.seed)
     np.random.seed(config.seed % (2**32))
     threshold_rule = ThresholdRule.parse(config.threshold)
+    if not resume:
+        _refuse_earlier_run(out)
     run = _Run(config, out, progress)
     run.folder.mkdir(parents=True, exist_ok=True)
     (run.folder / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     run.read_data(resume)
     print_data_summary(run.data, run.train_images.skipped + run.validation_images.skipped)
     run.build()
-    first = run.restore() + 1 if resume else 1
+    last = run.restore() if resume else 0
     interrupted = False
     started = time.monotonic()
     try:
-        for epoch in range(first, config.epochs + 1):
+        epochs = [] if _stopped_early(run, last) else range(last + 1, config.epochs + 1)
+        for epoch in epochs:
             began = time.monotonic()
             loss = run.train_epoch(epoch)
+            if not math.isfinite(loss):
+                raise DivergedError(f"the loss is {loss} in epoch {epoch}")
             _scores, aucs = run.validate()
             mean_auc = _mean(list(aucs.values()))
             improved = run.best_epoch == 0 or (
                 mean_auc is not None and (run.best_auc is None or mean_auc > run.best_auc)
             )
-            if improved:
-                run.best_epoch, run.best_auc = epoch, mean_auc
-                torch.save(run.network.state_dict(), _state_path(run))
             record = EpochRecord(
                 epoch, loss, mean_auc, aucs, round(time.monotonic() - began, 3), improved
             )
             run.history.append(record)
+            if improved:
+                run.best_epoch, run.best_auc = epoch, mean_auc
+                _save_atomically(run.network.state_dict(), _state_path(run))
             run.save_checkpoint(epoch)
             _announce(record, config.epochs, progress)
             if on_epoch_end is not None:
                 on_epoch_end(record)
-            if config.patience and epoch - run.best_epoch >= config.patience:
+            if _stopped_early(run, epoch):
                 log.info("no better validation mean AUC for %d epochs: stopping", config.patience)
                 break
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: writing the bundle from the best epoch so far", file=sys.stderr)
+    except DivergedError as exc:
+        interrupted = True
+        log.error("training diverged (%s): writing the bundle from the best epoch so far", exc)
     if not _state_path(run).is_file():
         raise TrainingError("stopped before the first epoch ended: nothing to write")
     return _finish(run, threshold_rule, interrupted, time.monotonic() - started)
@@ -469,7 +541,7 @@ def _finish(run: _Run, rule: ThresholdRule, interrupted: bool, seconds: float) -
     config = run.config
     state = torch.load(_state_path(run), map_location="cpu", weights_only=True)
     run.network.load_state_dict(state)
-    scores, _aucs = run.validate()
+    scores, _aucs = run.validate(mixed_precision=False)  # as served: float32
     thresholds, notes = choose_thresholds(run.validation_truth, scores, run.labels, rule)
     name = config.name or run.out.resolve().name
     summary = run.data.summary_json()
