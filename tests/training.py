@@ -18,7 +18,7 @@ TINY = {
 }
 
 
-def synthetic_task(folder: Path, images: int = 240, size: int = 96, seed: int = 0) -> Path:
+def synthetic_task(folder: Path, images: int = 240, size: int = 64, seed: int = 0) -> Path:
     """The task's CSV (written once per folder)."""
     csv_path = folder / "labels.csv"
     if not csv_path.is_file():

@@ -39,7 +39,7 @@ def _plant(image: np.ndarray, kind: int, generator: np.random.Generator) -> None
     elif kind % 3 == 1:  # horizontal stripes
         side = int((60 + 10 * (kind // 3)) * scale)
         y0, x0 = generator.integers(0, size - side, 2)
-        stripes = (np.arange(side) // max(1, int(4 * scale)) % 2).astype(float)[:, None]
+        stripes = (np.arange(side) // max(2, int(4 * scale)) % 2).astype(float)[:, None]
         image[y0 : y0 + side, x0 : x0 + side] += 0.35 * stripes
     else:  # a dark square
         side = int((36 + 8 * (kind // 3)) * scale)
