@@ -12,9 +12,9 @@ import re
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -98,6 +98,7 @@ class Destination(BaseModel):
 
     model_config = {"extra": "forbid"}
 
+    kind: Literal["dicom"] = Field(default="dicom", description="C-STORE (PS3.4 Annex B)")
     name: str = Field(default="", description="how the ledger and routes refer to it")
     ae_title: str
     host: str
@@ -127,9 +128,14 @@ class Destination(BaseModel):
             raise ValueError(f"destination name {self.name!r}: letters, digits, _ . - only")
         return self
 
+    @property
+    def address(self) -> str:
+        """Where it is, for people: AE@HOST:PORT."""
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
     def __str__(self) -> str:
         scheme = " (TLS)" if self.tls is not None else ""
-        return f"{self.ae_title}@{self.host}:{self.port}{scheme}"
+        return f"{self.address}{scheme}"
 
 
 def parse_short_form(value: str) -> dict[str, Any]:
@@ -180,6 +186,16 @@ class SourceRule(BaseModel):
             return False
 
 
+class Routable(Protocol):
+    """What routing needs of a destination of any kind."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def shadow(self) -> bool: ...
+
+
 SourceProvider = Callable[[], list[SourceRule]]
 """Returns the sources managed at run time (``cxr-node aet``), read from the ledger."""
 
@@ -198,7 +214,7 @@ class Router:
 
     def __init__(
         self,
-        destinations: list[Destination],
+        destinations: Sequence[Routable],
         sources: list[SourceRule],
         default_destinations: list[str] | None,
         managed_sources: SourceProvider | None = None,

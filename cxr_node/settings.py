@@ -19,7 +19,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from cxr_node.destinations import Destination, ListenerTls, SourceRule, validate_ae_title
+from cxr_node.destination_kinds import AnyDestination
+from cxr_node.destinations import ListenerTls, SourceRule, validate_ae_title
 from cxr_node.errors import ConfigurationError
 from cxr_node.intake import EligibilityRules
 
@@ -60,7 +61,7 @@ class Settings(BaseSettings):
     broker_url: SecretStr | None = Field(
         default=None, description="redis://... ; unset means the embedded queue"
     )
-    destinations: Annotated[list[Destination], NoDecode] = Field(
+    destinations: Annotated[list[AnyDestination], NoDecode] = Field(
         default_factory=list, description="AE@HOST:PORT, or mappings with name, tls ..."
     )
     sources: list[SourceRule] = Field(
@@ -205,7 +206,7 @@ class Settings(BaseSettings):
             raise ValueError(f"routes name unknown destinations: {', '.join(unknown)}")
         return self
 
-    def destination(self, name: str) -> Destination | None:
+    def destination(self, name: str) -> AnyDestination | None:
         """The configured destination called ``name``, or None."""
         return next((d for d in self.destinations if d.name == name), None)
 

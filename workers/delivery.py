@@ -15,18 +15,19 @@ import time
 import sqlalchemy as sa
 from celery import shared_task
 
-from cxr_node.destinations import Destination
-from cxr_node.dicom.scu import (
-    AssociationRefused,
-    DeliveryRejected,
-    DestinationUnreachable,
-    send_study,
-)
+from cxr_node.destination_kinds import AnyDestination, DicomWebDestination, Hl7Destination
 from cxr_node.heartbeat import Heartbeat
 from cxr_node.ledger import DeliveryRow, DeliveryState
 from cxr_node.logs import describe_exception, traceback_frames
 from cxr_node.queue import DELIVER_TASK
 from cxr_node.spool import log_ref
+from workers.deliver import dicomweb, hl7
+from workers.deliver.dicom import (
+    AssociationRefused,
+    DeliveryRejected,
+    DestinationUnreachable,
+    send_study,
+)
 from workers.runtime import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def deliver_to(destination_name: str) -> None:
         ctx.queue.submit_delivery(destination_name, countdown=max(0.0, next_at - time.time()))
 
 
-def _drain(ctx: WorkerContext, destination: Destination, token: str) -> None:
+def _drain(ctx: WorkerContext, destination: AnyDestination, token: str) -> None:
     """Deliver due studies until none is due, the destination fails, or the lease is lost."""
     while True:
         due = ctx.ledger.due_deliveries(destination.name, BATCH_SIZE)
@@ -90,7 +91,7 @@ def _drain(ctx: WorkerContext, destination: Destination, token: str) -> None:
                 return
 
 
-def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRow) -> bool:
+def _deliver_study(ctx: WorkerContext, destination: AnyDestination, row: DeliveryRow) -> bool:
     """One study to one destination; returns False when the destination is unusable now."""
     name, study = destination.name, row.study_key
     try:
@@ -129,11 +130,14 @@ def _deliver_study(ctx: WorkerContext, destination: Destination, row: DeliveryRo
     return True
 
 
-def _send_unsent(ctx: WorkerContext, destination: Destination, row: DeliveryRow) -> int:
+def _send_unsent(ctx: WorkerContext, destination: AnyDestination, row: DeliveryRow) -> int:
     """Send the study's result files the destination has not acknowledged since the delivery
     was (re)opened, recording each acknowledgement in the ledger as it comes: a retry after a
     failure part-way (the destination went down after the SR, this worker was killed between
-    two C-STOREs) sends only what is missing. Returns how many were sent now."""
+    two C-STOREs) sends only what is missing. Returns how many were sent now. An HL7
+    destination gets one message per opening instead (:mod:`workers.deliver.hl7`)."""
+    if isinstance(destination, Hl7Destination):
+        return hl7.send_study(ctx, destination, row)
     unsent = {
         ctx.spool.resolve(result.path): result.sop_instance_uid
         for result in ctx.ledger.results_of(row.study_key)
@@ -141,13 +145,19 @@ def _send_unsent(ctx: WorkerContext, destination: Destination, row: DeliveryRow)
     }
     if not unsent:
         return 0  # all acknowledged before a crash; only the outcome is left to record
+
+    def acknowledged(sop_instance_uid: str) -> None:
+        ctx.ledger.record_instance_sent(
+            row.study_key, destination.name, sop_instance_uid, opened_at=row.created_at
+        )
+
+    if isinstance(destination, DicomWebDestination):
+        return dicomweb.send_study(destination, unsent, acknowledged)
     return send_study(
         ctx.pool,
         destination,
         list(unsent),
-        lambda path: ctx.ledger.record_instance_sent(
-            row.study_key, destination.name, unsent[path], opened_at=row.created_at
-        ),
+        lambda path: acknowledged(unsent[path]),
     )
 
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from cxr_node.dicom.scu import AssociationPool
 from cxr_node.ledger import Ledger
 from cxr_node.queue import JobQueue
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
+from workers.deliver.dicom import AssociationPool
 
 if TYPE_CHECKING:
     from workers.analysis import Analyzer

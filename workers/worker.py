@@ -17,13 +17,13 @@ from typing import Any, Literal
 
 from celery import signals
 
-from cxr_node.dicom.scu import AssociationPool
 from cxr_node.heartbeat import Heartbeat
 from cxr_node.ledger import Ledger
 from cxr_node.logs import traceback_frames
 from cxr_node.queue import ANALYSIS_QUEUE, ANALYZE_TASK, DELIVERY_QUEUE, JobQueue
 from cxr_node.settings import Settings
 from workers import runtime
+from workers.deliver.dicom import AssociationPool
 
 log = logging.getLogger(__name__)
 

@@ -427,6 +427,25 @@ class DeliveriesLedger(LedgerBase):
                 .values(sent_instances=json.dumps([*uids, sop_instance_uid]))
             )
 
+    def record_sent_priority(self, study_key: str, destination: str, priority: str) -> None:
+        """The priority an HL7 message for the study asked for (kept across reopenings)."""
+        with self._begin() as db:
+            db.execute(
+                deliveries.update()
+                .where(deliveries.c.study_key == study_key, deliveries.c.destination == destination)
+                .values(sent_priority=priority)
+            )
+
+    def sent_priorities(self, study_key: str) -> list[str]:
+        """Every priority an HL7 message for the study has asked for, at any destination."""
+        with self._begin() as db:
+            rows = db.execute(
+                sa.select(deliveries.c.sent_priority).where(
+                    deliveries.c.study_key == study_key, deliveries.c.sent_priority.is_not(None)
+                )
+            )
+            return [str(row.sent_priority) for row in rows]
+
     def settled(self, study_key: str) -> bool:
         """Whether no delivery of the study is pending (its files are no longer needed to send)."""
         with self._begin() as db:

@@ -85,6 +85,7 @@ deliveries = sa.Table(
     # JSON list of the SOP Instance UIDs the destination acknowledged since the delivery was
     # (re)opened (since 0004): a retry sends only the others
     sa.Column("sent_instances", sa.Text),
+    sa.Column("sent_priority", sa.String(4)),  # since 0007: the last HL7 message's priority
 )
 
 destination_leases = sa.Table(

@@ -502,8 +502,8 @@ def list_destinations(principal: Viewer, ledger: LedgerDep, web: StateDep) -> li
         answer.append(
             DestinationOut(
                 name=destination.name,
-                kind="dicom",
-                address=f"{destination.ae_title}@{destination.host}:{destination.port}",
+                kind=destination.kind,
+                address=destination.address,
                 up=state is None or state.down_since is None,
                 down_since=_time(state.down_since) if state else None,
                 retry_at=_time(state.retry_at) if state else None,

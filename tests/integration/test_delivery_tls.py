@@ -13,10 +13,10 @@ from pydicom import dcmread
 from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage, generate_uid
 
 from cxr_node.destinations import Destination, TlsOptions
-from cxr_node.dicom.scu import DestinationUnreachable, send_files
 from tests.conftest import free_port, require_tool, wait_for_port
 from tests.pki import Pki, make_pki
 from tests.unit._synthetic import make_dx_chest
+from workers.deliver.dicom import DestinationUnreachable, send_files
 
 pytestmark = pytest.mark.integration
 

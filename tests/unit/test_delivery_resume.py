@@ -16,13 +16,13 @@ from pynetdicom import AE, evt
 
 from cxr_node.destinations import Destination
 from cxr_node.dicom import status
-from cxr_node.dicom.scu import AssociationPool
 from cxr_node.ledger import DeliveryState, Ledger, ResultRow, StudyState
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
 from tests.conftest import free_port
 from tests.unit._synthetic import make_dx_chest
 from workers import delivery
+from workers.deliver.dicom import AssociationPool
 from workers.runtime import WorkerContext
 
 STUDY = "1.2.826.0.1.3680043.10.1"

@@ -1,6 +1,6 @@
 """Delivery of result objects by C-STORE SCU (PS3.4 Annex B), reusing associations.
 
-Failures are classified so that the caller's policy is simple:
+Failures are classified as :mod:`workers.deliver.policy` says, so the caller's policy is simple:
 
 - :class:`DestinationUnreachable` (refused connection, timeout, abort, transient association
   rejection, 0xA7xx): the destination as a whole is retried with backoff;
@@ -29,7 +29,7 @@ from cxr_node import compat
 from cxr_node.destinations import Destination
 from cxr_node.dicom import status
 from cxr_node.dicom.contexts import RESULT_SOP_CLASSES
-from cxr_node.errors import CxrNodeError, TransientError
+from workers.deliver.policy import AssociationRefused, DeliveryRejected, DestinationUnreachable
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +41,6 @@ _PERMANENT_REJECTION = 0x01
 
 # A refused or failed association must not leave its socket to the garbage collector.
 compat.install_pynetdicom_socket_close_fix()
-
-
-class DestinationUnreachable(TransientError):
-    """The destination cannot take anything now; try it again later."""
-
-
-class AssociationRefused(CxrNodeError):
-    """The destination rejected the association permanently (PS3.8 Table 9-21, result 1)."""
-
-
-class DeliveryRejected(CxrNodeError):
-    """The destination refused one study's objects for good; retrying will not help."""
 
 
 def _destination_key(destination: Destination) -> str:
@@ -283,3 +271,14 @@ def send_files(
     pool = AssociationPool(calling_ae, timeout, idle_seconds=0.0)
     send_study(pool, destination, files)
     log.info("delivered %d objects to %s", len(files), destination.name)
+
+
+__all__ = [
+    "AssociationPool",
+    "AssociationRefused",
+    "DeliveryRejected",
+    "DestinationUnreachable",
+    "send_files",
+    "send_study",
+    "store_files",
+]

@@ -1,4 +1,4 @@
-"""C-STORE SCU delivery (cxr_node.dicom.scu) against real pynetdicom SCPs on loopback."""
+"""C-STORE SCU delivery (workers.deliver.dicom) against real pynetdicom SCPs on loopback."""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ from pydicom.uid import (
 from pynetdicom import AE, evt
 
 from cxr_node.destinations import Destination
-from cxr_node.dicom import scu, status
-from cxr_node.dicom.scu import (
+from cxr_node.dicom import status
+from cxr_node.errors import TransientError
+from tests.conftest import free_port
+from tests.unit._synthetic import make_dx_chest
+from workers.deliver import dicom as scu
+from workers.deliver.dicom import (
     AssociationPool,
     AssociationRefused,
     DeliveryRejected,
@@ -27,9 +31,6 @@ from cxr_node.dicom.scu import (
     send_files,
     send_study,
 )
-from cxr_node.errors import TransientError
-from tests.conftest import free_port
-from tests.unit._synthetic import make_dx_chest
 
 
 def _scp(sop_classes: list[str], answer: int) -> tuple[Any, int, list[str]]:

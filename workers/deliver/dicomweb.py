@@ -1,0 +1,118 @@
+"""A study's result objects to an archive by STOW-RS (PS3.18 10.5), with dicomweb-client.
+
+One POST per study of the objects the archive has not acknowledged yet (multipart/related,
+application/dicom). The answer is read per instance (PS3.18 10.5.3: Referenced SOP Sequence
+stored, Failed SOP Sequence with a Failure Reason): each stored one is recorded at once; a
+failure of resources (0xA7xx) or an HTTP 5xx, 408 or 429, a timeout or a refused connection
+retries the destination later; other HTTP 4xx and other failure reasons refuse that study's
+delivery with the reason; 401 and 403 refuse the destination.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import requests
+from dicomweb_client.api import DICOMwebClient
+from pydicom import Dataset, dcmread
+
+from cxr_node.destination_kinds import DicomWebDestination
+from cxr_node.dicom import status
+from workers.deliver.policy import DeliveryRejected, DestinationUnreachable, http_failure
+
+log = logging.getLogger(__name__)
+
+
+def client_for(destination: DicomWebDestination) -> DICOMwebClient:
+    """A client for the destination: its authentication and TLS, no retries of its own (the
+    delivery policy retries, with the ledger's backoff)."""
+    session = requests.Session()
+    if destination.username is not None and destination.password is not None:
+        session.auth = (destination.username, destination.password.get_secret_value())
+    if destination.token is not None:
+        session.headers["Authorization"] = f"Bearer {destination.token.get_secret_value()}"
+    session.verify = destination.ca_file or destination.verify_tls
+    client = DICOMwebClient(
+        url=destination.url.rstrip("/"), session=session, timeout=destination.timeout_seconds
+    )
+    client.set_http_retry_params(retry=False)
+    return client
+
+
+def _answer(response: requests.Response | None) -> Dataset:
+    """The store response's data set (PS3.18 10.5.3.1), or an empty one."""
+    if response is None or not response.content:
+        return Dataset()
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if content_type not in ("application/dicom+json", "application/json"):
+        return Dataset()
+    try:
+        return Dataset.from_json(response.json())
+    except ValueError:
+        return Dataset()
+
+
+def _failures(answer: Dataset) -> list[tuple[str, int | None]]:
+    return [
+        (str(item.get("ReferencedSOPInstanceUID", "?")), item.get("FailureReason"))
+        for item in answer.get("FailedSOPSequence", []) or []
+    ]
+
+
+def _settle(
+    answer: Dataset, sent: Mapping[str, Path], on_stored: Callable[[str], None], http: int
+) -> int:
+    """Record what the archive says it stored; raise for what it did not."""
+    referenced = answer.get("ReferencedSOPSequence")
+    failures = _failures(answer)
+    failed = {uid for uid, _ in failures}
+    stored = (
+        [str(item.get("ReferencedSOPInstanceUID", "")) for item in referenced]
+        if referenced is not None
+        else [uid for uid in sent if uid not in failed]  # a 200 without a body: all stored
+    )
+    stored = [uid for uid in stored if uid in sent and uid not in failed]
+    for uid in stored:
+        on_stored(uid)
+    if not failures:
+        missing = set(sent) - set(stored)
+        if missing:
+            raise DestinationUnreachable(f"HTTP {http}: {len(missing)} instance(s) not confirmed")
+        return len(stored)
+    reasons = ", ".join(
+        f"{uid[-12:]}: 0x{code:04X}" if isinstance(code, int) else f"{uid[-12:]}: no reason"
+        for uid, code in failures
+    )
+    detail = f"{len(failures)} instance(s) failed ({reasons}); {len(stored)} stored"
+    if all(isinstance(code, int) and status.is_retryable(code) for _, code in failures):
+        raise DestinationUnreachable(f"HTTP {http}: {detail}")
+    raise DeliveryRejected(f"HTTP {http}: {detail}")
+
+
+def send_study(
+    destination: DicomWebDestination,
+    files: Mapping[Path, str],
+    on_stored: Callable[[str], None],
+    client: DICOMwebClient | None = None,
+) -> int:
+    """STOW-RS the files (path -> SOP Instance UID) in one request; ``on_stored`` gets each SOP
+    Instance UID the archive acknowledged. Returns how many it stored."""
+    if not files:
+        return 0
+    client = client or client_for(destination)
+    sent = {uid: path for path, uid in files.items()}
+    datasets = [dcmread(path) for path in files]
+    try:
+        answer = client.store_instances(datasets)
+        code = 200
+    except requests.HTTPError as exc:
+        response = exc.response
+        code = response.status_code if response is not None else 0
+        answer = _answer(response)
+        if not answer.get("FailedSOPSequence") and not answer.get("ReferencedSOPSequence"):
+            raise http_failure(code, response.reason if response is not None else "") from None
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise DestinationUnreachable(f"STOW-RS failed ({type(exc).__name__})") from None
+    return _settle(answer, sent, on_stored, code)
