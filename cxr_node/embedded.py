@@ -49,6 +49,11 @@ def write_effective_settings(settings: Settings, folder: Path, role: str) -> Pat
     data = settings.model_dump(mode="json", exclude_none=True)
     if settings.broker_url is not None:
         data["broker_url"] = settings.broker_url.get_secret_value()
+    for index, destination in enumerate(settings.destinations):
+        for field in ("password", "token"):  # a DICOMweb destination's credentials
+            secret = getattr(destination, field, None)
+            if secret is not None:
+                data["destinations"][index][field] = secret.get_secret_value()
     temporary = path.with_suffix(f".{os.getpid()}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as stream:

@@ -25,15 +25,20 @@ from workers.deliver.policy import DeliveryRejected, DestinationUnreachable, htt
 log = logging.getLogger(__name__)
 
 
-def client_for(destination: DicomWebDestination) -> DICOMwebClient:
-    """A client for the destination: its authentication and TLS, no retries of its own (the
-    delivery policy retries, with the ledger's backoff)."""
+def session_for(destination: DicomWebDestination) -> requests.Session:
+    """An HTTP session with the destination's authentication and TLS settings."""
     session = requests.Session()
     if destination.username is not None and destination.password is not None:
         session.auth = (destination.username, destination.password.get_secret_value())
     if destination.token is not None:
         session.headers["Authorization"] = f"Bearer {destination.token.get_secret_value()}"
     session.verify = destination.ca_file or destination.verify_tls
+    return session
+
+
+def client_for(destination: DicomWebDestination, session: requests.Session) -> DICOMwebClient:
+    """A client for the destination over ``session``, with no retries of its own (the delivery
+    policy retries, with the ledger's backoff)."""
     client = DICOMwebClient(
         url=destination.url.rstrip("/"), session=session, timeout=destination.timeout_seconds
     )
@@ -95,17 +100,16 @@ def send_study(
     destination: DicomWebDestination,
     files: Mapping[Path, str],
     on_stored: Callable[[str], None],
-    client: DICOMwebClient | None = None,
 ) -> int:
     """STOW-RS the files (path -> SOP Instance UID) in one request; ``on_stored`` gets each SOP
     Instance UID the archive acknowledged. Returns how many it stored."""
     if not files:
         return 0
-    client = client or client_for(destination)
     sent = {uid: path for path, uid in files.items()}
     datasets = [dcmread(path) for path in files]
     try:
-        answer = client.store_instances(datasets)
+        with session_for(destination) as session:
+            answer = client_for(destination, session).store_instances(datasets)
         code = 200
     except requests.HTTPError as exc:
         response = exc.response
