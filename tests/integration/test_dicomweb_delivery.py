@@ -73,7 +73,7 @@ def test_results_reach_orthanc_by_stow_rs_through_a_30_second_outage(
                              SecondaryCaptureImageStorage}, context  # fmt: skip
     for kind in (Comprehensive3DSRStorage, SecondaryCaptureImageStorage):
         assert by_class[kind]["SeriesInstanceUID"] != source.SeriesInstanceUID, context
-        assert by_class[kind]["metadata"].get("Origin") == "RestApi", context  # by STOW-RS
+        assert by_class[kind]["metadata"].get("Origin") == "Plugins", context  # by STOW-RS
     (node_study,) = verdict["node_studies"]
     assert node_study["state"] == "delivered", context
     assert node_study["deliveries"]["archive"]["state"] == "delivered", context
