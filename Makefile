@@ -13,7 +13,8 @@ DATA_DIR ?= var
 HTTP_PORT ?= 8080
 DESTINATION ?=
 SYSTEM_TOOLS := storescu storescp echoscu dsrdump dciodvfy redis-server Orthanc openssl chromium
-SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc openssl chromium
+SYSTEM_PACKAGES := dcmtk dicom3tools redis-server orthanc orthanc-dicomweb openssl chromium
+SYSTEM_FILES := /usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 LOCK := requirements.lock
 PIP := $(BIN)/pip --quiet --disable-pip-version-check
@@ -64,6 +65,7 @@ system-deps:
 	@missing=""; for tool in $(SYSTEM_TOOLS); do \
 		command -v $$tool >/dev/null 2>&1 || [ -x /usr/bin/$$tool ] || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; \
 	done; \
+	for file in $(SYSTEM_FILES); do [ -e $$file ] || missing="$$missing $$file"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 			echo "installing Debian packages for:$$missing"; \
