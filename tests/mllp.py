@@ -8,6 +8,7 @@ as a RIS that goes down and comes back.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from typing import Any
 
@@ -20,9 +21,15 @@ from tests.conftest import free_port
 class MllpListener:
     """python-hl7's MLLP server on 127.0.0.1, answering with ``self.answer``."""
 
-    def __init__(self, port: int | None = None, answer: str | None = "AA") -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        answer: str | None = "AA",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.answer = answer
+        self.tls = tls
         self.received: list[hl7.Message] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: Any = None
@@ -52,7 +59,7 @@ class MllpListener:
 
             async def serve() -> None:
                 self._server = await start_hl7_server(
-                    self._handle, "127.0.0.1", self.port, encoding="utf-8"
+                    self._handle, "127.0.0.1", self.port, encoding="utf-8", ssl=self.tls
                 )
                 ready.set()
 

@@ -5,6 +5,7 @@ is real (SQLite and PostgreSQL). Patients and orders are made up."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,7 @@ from cxr_node.ledger import DeliveryState, Ledger, StudyAttributes
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
 from tests.mllp import MllpListener
+from tests.pki import make_pki
 from tests.unit._synthetic import make_dx_chest
 from workers import delivery
 from workers.deliver.hl7 import compose
@@ -224,6 +226,28 @@ def test_a_message_never_asks_for_a_lower_priority(
     assert asked == ["S", "S", "S", "A", "R"]
     first, second = listener.received[0], listener.received[1]
     assert str(first.segment("MSH")[10]) != str(second.segment("MSH")[10])  # a new version
+
+
+def test_the_oru_goes_over_tls_to_a_ris_whose_certificate_is_trusted(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    pki = make_pki(tmp_path / "pki")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(pki.server_cert, pki.server_key)
+    ris = MllpListener(tls=server).start()
+    spool = Spool(tmp_path / "spool")
+    trusted = _destination(ris.port, tls={"ca_file": str(pki.ca_cert)})
+    untrusted = _destination(ris.port, tls={})  # the system's CAs do not know our test CA
+    _receive(ledger, spool, "1.2.3.601")
+    _analyse(ledger, "1.2.3.601", Priority.ABNORMAL, 0.8)
+    try:
+        assert not _deliver(_context(ledger, spool, untrusted), untrusted, "1.2.3.601")
+        assert "SSL" in (ledger.deliveries_of("1.2.3.601")[RIS].last_error or "")
+        assert _deliver(_context(ledger, spool, trusted), trusted, "1.2.3.601")
+    finally:
+        ris.stop()
+    assert len(ris.received) == 1
+    assert _state(ledger, "1.2.3.601") is DeliveryState.DELIVERED
 
 
 def test_a_study_that_was_not_analysed_gets_an_oru_saying_why_when_configured(

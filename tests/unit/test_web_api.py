@@ -285,6 +285,36 @@ def test_destinations_show_their_state(node: Node) -> None:
     assert pacs["last_error"] == "connection refused"
 
 
+def test_hl7_and_dicomweb_destinations_are_shown_like_dicom_ones(tmp_path: Path) -> None:
+    settings = Settings.model_validate(
+        {
+            "data_dir": tmp_path,
+            "destinations": [
+                "PACS@127.0.0.1:104",
+                {"kind": "hl7", "name": "ris", "host": "ris.local", "port": 2575},
+                {"kind": "dicomweb", "name": "archive", "url": "https://vna.local/dicom-web",
+                 "username": "cxr", "password": "s3cret"},
+            ],
+        }
+    )  # fmt: skip
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    seed_study(ledger, STUDY, priority=Priority.ROUTINE, destinations=["ris", "archive"])
+    made = credentials.new_token()
+    ledger.add_token("bot", made.token_id, made.secret_hash, "viewer")
+    with TestClient(create_app(settings, ledger)) as client:
+        listed = client.get("/api/v1/destinations", headers=bearer(made.value)).json()
+        study = client.get(f"/api/v1/studies/{STUDY}", headers=bearer(made.value)).json()
+    ledger.close()
+    assert [(d["name"], d["kind"], d["address"]) for d in listed] == [
+        ("PACS", "dicom", "PACS@127.0.0.1:104"),
+        ("ris", "hl7", "ris.local:2575"),
+        ("archive", "dicomweb", "https://vna.local/dicom-web"),
+    ]
+    assert {d["name"]: d["pending"] for d in listed} == {"PACS": 0, "ris": 1, "archive": 1}
+    assert "s3cret" not in json.dumps(listed)
+    assert {d["destination"] for d in study["deliveries"]} == {"ris", "archive"}
+
+
 # --- the role matrix --------------------------------------------------------------------------
 
 ENDPOINTS: list[tuple[str, str, str, dict[str, Any] | None, int]] = [
