@@ -59,6 +59,7 @@ class Hl7Destination(BaseModel):
     @model_validator(mode="after")
     def _valid(self) -> Hl7Destination:
         _check_name(self.name)
+        self.priority_map = {**_default_priority_map(), **self.priority_map}  # a partial map
         for field in ("sending_application", "sending_facility", "receiving_application",
                       "receiving_facility"):  # fmt: skip
             if not _HL7_TEXT.match(getattr(self, field)):
@@ -94,8 +95,11 @@ class DicomWebDestination(BaseModel):
     @model_validator(mode="after")
     def _valid(self) -> DicomWebDestination:
         _check_name(self.name)
-        if not re.match(r"^https?://[^\s/]+", self.url):
-            raise ValueError(f"url {self.url!r}: an http:// or https:// base URL")
+        if not re.match(r"^https?://[^\s/@]+(/|$)", self.url):
+            raise ValueError(
+                "url: an http:// or https:// base URL, without credentials in it "
+                "(use username and password, or token)"
+            )
         if (self.username is None) != (self.password is None):
             raise ValueError("username and password go together")
         if self.token is not None and self.username is not None:
@@ -126,3 +130,11 @@ AnyDestination = Annotated[
     Discriminator(_kind),
 ]
 """A configured destination of any kind."""
+
+
+DESTINATION_KINDS: dict[str, type[BaseModel]] = {
+    "dicom": Destination,
+    "hl7": Hl7Destination,
+    "dicomweb": DicomWebDestination,
+}
+"""Each ``kind`` and its model (for messages about a destination's keys)."""

@@ -19,7 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from cxr_node.destination_kinds import AnyDestination
+from cxr_node.destination_kinds import DESTINATION_KINDS, AnyDestination
 from cxr_node.destinations import ListenerTls, SourceRule, validate_ae_title
 from cxr_node.errors import ConfigurationError
 from cxr_node.intake import EligibilityRules
@@ -317,10 +317,18 @@ def _describe(exc: ValidationError) -> str:
     """One line per bad key: which key, what was wrong, what is allowed."""
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        location = list(error["loc"])
+        kind = None  # a destination's kind: pydantic names the union member in the location
+        if location[:1] == ["destinations"] and len(location) > 2:
+            kind = DESTINATION_KINDS.get(str(location[2]))
+            if kind is not None:
+                del location[2]
+        key = ".".join(str(part) for part in location) or "(top level)"
         message = error["msg"]
         if error["type"] == "extra_forbidden":
-            level = _model_at(error["loc"][:-1])
+            level = (
+                kind if kind is not None and len(location) == 3 else _model_at(error["loc"][:-1])
+            )
             allowed = ", ".join(sorted(level.model_fields)) if level else "(none)"
             message = f"unknown key; allowed keys here: {allowed}"
         lines.append(f"configuration key '{key}': {message}")

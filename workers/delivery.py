@@ -28,6 +28,7 @@ from workers.deliver.dicom import (
     DestinationUnreachable,
     send_study,
 )
+from workers.deliver.policy import StudyDeferred
 from workers.runtime import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def _deliver_study(ctx: WorkerContext, destination: AnyDestination, row: Deliver
     except AssociationRefused as exc:
         _give_up_destination(ctx, name, str(exc))
         return False
+    except StudyDeferred as exc:
+        _defer_study(ctx, name, row, str(exc))
+        return True
     except DeliveryRejected as exc:
         ctx.ledger.note_destination_outcome(name, reachable=True)
         ctx.ledger.record_delivery(
@@ -197,6 +201,30 @@ def _destination_down(ctx: WorkerContext, name: str, row: DeliveryRow, error: st
         error,
         wait,
     )
+
+
+def _defer_study(ctx: WorkerContext, name: str, row: DeliveryRow, error: str) -> None:
+    """This study (not the destination) again later, with its own backoff; failed once it has
+    waited longer than the give-up limit. The destination goes on with the others."""
+    settings = ctx.settings
+    ctx.ledger.note_destination_outcome(name, reachable=True)
+    now = time.time()
+    if now - row.created_at >= settings.delivery_give_up_after_seconds:
+        reason = f"gave up after {settings.delivery_give_up_after_seconds / 3600:g} h: {error}"
+        ctx.ledger.record_delivery(
+            row.study_key, name, DeliveryState.FAILED, reason, opened_at=row.created_at
+        )
+        log.error("study %s to %s: %s", log_ref(row.study_key), name, reason)
+        return
+    wait = backoff_seconds(
+        row.attempts + 1,
+        settings.delivery_retry_initial_seconds,
+        settings.delivery_retry_max_seconds,
+    )
+    ctx.ledger.record_delivery(
+        row.study_key, name, DeliveryState.PENDING, error, now + wait, opened_at=row.created_at
+    )
+    log.warning("study %s to %s: %s; again in %.0f s", log_ref(row.study_key), name, error, wait)
 
 
 def _give_up_destination(ctx: WorkerContext, name: str, reason: str) -> None:

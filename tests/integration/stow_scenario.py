@@ -130,9 +130,11 @@ def run(models: Path, image: Path, workdir: Path, outage: float, timeout: float)
         if storescu(NODE_PORT, image).returncode != 0:
             verdict["error"] = "storescu to the node failed"
             return verdict
-        wait_until(lambda: _attempts(node) >= 2, timeout=outage, interval=0.5)
+        if not wait_until(lambda: _attempts(node) >= 1, timeout=120, interval=0.5):
+            verdict["error"] = "the node never tried to deliver"
+            return verdict
+        time.sleep(outage)  # down for ``outage`` seconds from the node's first failed attempt
         verdict["attempts_while_down"] = _attempts(node)
-        time.sleep(max(0.0, outage - (time.monotonic() - down_at)))
         verdict["outage_seconds"] = round(time.monotonic() - down_at, 1)
         server = _start_orthanc(config, workdir)
         remaining = max(10.0, timeout - (time.monotonic() - started))

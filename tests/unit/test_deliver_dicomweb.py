@@ -21,10 +21,13 @@ from cxr_node.embedded import write_effective_settings
 from cxr_node.settings import Settings
 from tests.unit._synthetic import make_dx_chest
 from workers.deliver.dicomweb import send_study
-from workers.deliver.policy import DeliveryRejected, DestinationRefused, DestinationUnreachable
+from workers.deliver.policy import DeliveryRejected, DestinationUnreachable
 
 
 class Archive:
+    content_type = "application/dicom+json"
+    redirect_to: str | None = None
+
     """Answers each STOW-RS POST with ``status`` and a store response naming the instances."""
 
     def __init__(self) -> None:
@@ -41,7 +44,9 @@ class Archive:
                 answer = archive.answer(uids)
                 payload = json.dumps(answer).encode()
                 self.send_response(archive.status)
-                self.send_header("Content-Type", "application/dicom+json")
+                if archive.redirect_to is not None:
+                    self.send_header("Location", archive.redirect_to)
+                self.send_header("Content-Type", archive.content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
@@ -135,8 +140,8 @@ def test_failed_instances_are_reported_one_by_one(
         (408, DestinationUnreachable),
         (400, DeliveryRejected),
         (415, DeliveryRejected),
-        (401, DestinationRefused),
-        (403, DestinationRefused),
+        (401, DestinationUnreachable),  # credentials to fix: the backlog waits for them
+        (403, DeliveryRejected),
     ],
 )
 def test_http_failures_are_classified(
@@ -145,6 +150,29 @@ def test_http_failures_are_classified(
     archive.status = status
     archive.sent = []  # an answer that names no instance
     with pytest.raises(outcome, match=f"HTTP {status}"):
+        send_study(_destination(archive.url), results, lambda _uid: None)
+
+
+def test_a_partial_store_is_read_whatever_parameters_the_content_type_has(
+    archive: Archive, results: dict[Path, str]
+) -> None:
+    sr, sc = results.values()
+    archive.status, archive.fail = 202, {sc: 0xC000}
+    archive.content_type = "application/dicom+json; charset=utf-8"
+    stored: list[str] = []
+    with pytest.raises(DeliveryRejected, match="0xC000"):
+        send_study(_destination(archive.url), results, stored.append)
+    assert stored == [sr]
+
+
+def test_a_redirect_or_a_missing_result_file_is_not_taken_for_success(
+    archive: Archive, results: dict[Path, str]
+) -> None:
+    archive.status, archive.redirect_to = 301, "https://elsewhere/dicom-web/studies"
+    with pytest.raises(DestinationUnreachable, match="HTTP 301: redirected"):
+        send_study(_destination(archive.url), results, lambda _uid: None)
+    next(iter(results)).unlink()
+    with pytest.raises(DeliveryRejected, match="missing"):
         send_study(_destination(archive.url), results, lambda _uid: None)
 
 

@@ -159,9 +159,10 @@ def test_ae_is_retried_with_the_same_control_id_and_ar_fails_for_good(
         _receive(ledger, spool, key)
         _analyse(ledger, key, Priority.ABNORMAL, 0.7)
     listener.answer = "AE"
-    assert not _deliver(ctx, destination, "1.2.3.201")  # the destination backs off
-    assert _state(ledger, "1.2.3.201") is DeliveryState.PENDING
-    assert "AE" in (ledger.deliveries_of("1.2.3.201")[RIS].last_error or "")
+    assert _deliver(ctx, destination, "1.2.3.201")  # this study later; the RIS is usable
+    deferred = ledger.deliveries_of("1.2.3.201")[RIS]
+    assert deferred.state is DeliveryState.PENDING and "AE" in (deferred.last_error or "")
+    assert deferred.next_attempt_at is not None and not ledger.destination_states()[RIS].down_since
     listener.answer = "AA"
     assert _deliver(ctx, destination, "1.2.3.201")
     assert _state(ledger, "1.2.3.201") is DeliveryState.DELIVERED
@@ -185,7 +186,7 @@ def test_silence_and_a_ris_that_is_down_are_retried_until_it_answers(
     try:
         assert not _deliver(ctx, destination, "1.2.3.301")  # no acknowledgement
         assert "acknowledgement" in (ledger.deliveries_of("1.2.3.301")[RIS].last_error or "")
-        ris.stop()
+        ris.stop(keep_port=True)
         assert not _deliver(ctx, destination, "1.2.3.301")  # connection refused
         assert _state(ledger, "1.2.3.301") is DeliveryState.PENDING
         ris.answer = "AA"
@@ -248,6 +249,39 @@ def test_the_oru_goes_over_tls_to_a_ris_whose_certificate_is_trusted(
         ris.stop()
     assert len(ris.received) == 1
     assert _state(ledger, "1.2.3.601") is DeliveryState.DELIVERED
+
+
+def test_the_control_id_is_the_same_for_the_same_content_only() -> None:
+    from cxr_node.jobs import ModelInfo as Model
+    from workers.encode import hl7 as oru
+
+    order = oru.OrderContext(patient_id="P1", accession_number="A1", study_uid="1.2.3")
+    model = Model(name="m", version="1", demo=False, members=[], device_uid="1.2")
+    sender = oru.Sender("CXR_NODE", "", "RIS", "")
+
+    def message(priority: str, asked: str, moment_seconds: int) -> hl7.Message:
+        import datetime as dt
+
+        moment = dt.datetime.fromtimestamp(moment_seconds, dt.UTC)
+        return hl7.parse(
+            oru.oru_result(
+                sender=sender,
+                order=order,
+                model=model,
+                score=0.5,
+                priority=priority,
+                hl7_priority=asked,
+                findings=[],
+                moment=moment,
+            )
+        )
+
+    first, later = message("abnormal", "A", 1_000), message("abnormal", "A", 9_000)
+    raised = message("critical", "S", 1_000)
+    control = [str(m.segment("MSH")[10]) for m in (first, later, raised)]
+    assert control[0] == control[1] != control[2]
+    assert len(control[0]) <= 20
+    assert str(first.segment("MSH")[15]) == "" and str(first.segment("MSH")[16]) == ""
 
 
 def test_a_study_that_was_not_analysed_gets_an_oru_saying_why_when_configured(

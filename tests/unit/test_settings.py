@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
+from pydantic import ValidationError as PydanticValidationError
 
+from cxr_node.destination_kinds import Hl7Destination
 from cxr_node.destinations import Destination, Router, parse_destination, validate_ae_title
 from cxr_node.errors import ConfigurationError
+from cxr_node.settings import Settings as SettingsModel
 from cxr_node.settings import load_settings
 
 PASSWORD = "hunter2-s3cr3t"
@@ -149,7 +152,7 @@ def test_unknown_nested_key_lists_the_keys_allowed_at_its_level(tmp_path: Path) 
         )
     }
     destination = lines["destinations.0.colour"]
-    assert "allowed keys here: ae_title, host, name, port, shadow, tls" in destination
+    assert "allowed keys here: ae_title, host, kind, name, port, shadow, tls" in destination
     assert "allowed keys here: ae_title, destinations, host" in lines["sources.0.destinationz"]
     eligibility = lines["eligibility.modalitiez"]
     assert "modalities" in eligibility and "broker_url" not in eligibility
@@ -370,3 +373,25 @@ def test_without_default_destinations_unknown_sources_go_everywhere() -> None:
 def test_bad_routes_are_refused(tmp_path: Path, text: str, complaint: str) -> None:
     with pytest.raises(ConfigurationError, match=complaint):
         load_settings(_yaml(tmp_path, text))
+
+
+def test_hl7_and_dicomweb_destinations_are_validated_by_kind(tmp_path: Path) -> None:
+    config = _yaml(
+        tmp_path,
+        "destinations:\n  - {name: ris, kind: hl7, host: ris, port: 2575, color: red}\n",
+    )
+    expected = "destinations.0.color': unknown key; allowed keys here: host, kind, name"
+    with pytest.raises(ConfigurationError, match=re.escape(expected)):
+        load_settings(config)
+    ris = {"name": "ris", "kind": "hl7", "host": "ris", "port": 2575}
+    settings = SettingsModel.model_validate(
+        {"destinations": [ris | {"priority_map": {"critical": "S"}}]}
+    )
+    configured = settings.destination("ris")
+    assert isinstance(configured, Hl7Destination)
+    assert configured.priority_map == {"critical": "S", "abnormal": "A", "routine": "R"}
+    archive = {"name": "a", "kind": "dicomweb", "url": "http://u:p@vna/dicom-web"}
+    with pytest.raises(PydanticValidationError, match="without credentials"):
+        SettingsModel.model_validate({"destinations": [archive]})
+    with pytest.raises(PydanticValidationError, match="fax"):
+        SettingsModel.model_validate({"destinations": [{"name": "a", "kind": "fax"}]})

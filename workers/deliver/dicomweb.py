@@ -1,11 +1,11 @@
 """A study's result objects to an archive by STOW-RS (PS3.18 10.5), with dicomweb-client.
 
 One POST per study of the objects the archive has not acknowledged yet (multipart/related,
-application/dicom). The answer is read per instance (PS3.18 10.5.3: Referenced SOP Sequence
-stored, Failed SOP Sequence with a Failure Reason): each stored one is recorded at once; a
-failure of resources (0xA7xx) or an HTTP 5xx, 408 or 429, a timeout or a refused connection
-retries the destination later; other HTTP 4xx and other failure reasons refuse that study's
-delivery with the reason; 401 and 403 refuse the destination.
+application/dicom). The archive's own answer is read per instance (PS3.18 10.5.3: Referenced
+SOP Sequence stored, Failed SOP Sequence with a Failure Reason): each stored one is recorded at
+once; a failure of resources (0xA7xx), an answer that confirms nothing, HTTP 5xx, 401, 408 or
+429, a redirect, a timeout or a refused connection retry the destination later; other HTTP 4xx
+and other failure reasons refuse that study's delivery with the reason.
 """
 
 from __future__ import annotations
@@ -46,17 +46,18 @@ def client_for(destination: DicomWebDestination, session: requests.Session) -> D
     return client
 
 
-def _answer(response: requests.Response | None) -> Dataset:
-    """The store response's data set (PS3.18 10.5.3.1), or an empty one."""
-    if response is None or not response.content:
+def _answer(response: requests.Response) -> Dataset | None:
+    """The store response's data set (PS3.18 10.5.3.1): empty for an empty body, None when a
+    body is there but cannot be read as DICOM JSON (whatever parameters its type carries)."""
+    if not response.content:
         return Dataset()
-    content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
-    if content_type not in ("application/dicom+json", "application/json"):
-        return Dataset()
+    content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type not in ("application/dicom+json", "application/json", ""):
+        return None
     try:
         return Dataset.from_json(response.json())
-    except ValueError:
-        return Dataset()
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _failures(answer: Dataset) -> list[tuple[str, int | None]]:
@@ -96,6 +97,44 @@ def _settle(
     raise DeliveryRejected(f"HTTP {http}: {detail}")
 
 
+def _read(files: Mapping[Path, str]) -> list[Dataset]:
+    try:
+        return [dcmread(path) for path in files]
+    except FileNotFoundError:
+        raise DeliveryRejected("a result file is missing (purged from the spool?)") from None
+
+
+_TRANSPORT_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
+
+
+def _post(destination: DicomWebDestination, datasets: list[Dataset]) -> requests.Response:
+    """POST the objects; the archive's own answer, whatever dicomweb-client made of it (it
+    reads a body only when the Content-Type is exactly DICOM JSON, and raises on 4xx/5xx)."""
+    answers: list[requests.Response] = []
+    with session_for(destination) as session:
+        session.hooks["response"].append(lambda response, *_a, **_k: answers.append(response))
+        session.headers["Accept"] = "application/dicom+json"
+        session.max_redirects = 0  # a redirect is a configuration to fix, not to follow
+        try:
+            client_for(destination, session).store_instances(datasets)
+        except (requests.HTTPError, requests.TooManyRedirects, KeyError, ValueError):
+            pass  # the answer is read below, from what the archive sent
+        except _TRANSPORT_ERRORS as exc:
+            raise DestinationUnreachable(f"STOW-RS failed ({type(exc).__name__})") from None
+        except (requests.RequestException, OSError) as exc:  # a URL, header or CA file to fix
+            raise DestinationUnreachable(
+                f"STOW-RS not possible with this configuration ({type(exc).__name__})"
+            ) from None
+    if not answers:
+        raise DestinationUnreachable("STOW-RS: no answer")
+    return answers[-1]
+
+
 def send_study(
     destination: DicomWebDestination,
     files: Mapping[Path, str],
@@ -106,17 +145,20 @@ def send_study(
     if not files:
         return 0
     sent = {uid: path for path, uid in files.items()}
-    datasets = [dcmread(path) for path in files]
-    try:
-        with session_for(destination) as session:
-            answer = client_for(destination, session).store_instances(datasets)
-        code = 200
-    except requests.HTTPError as exc:
-        response = exc.response
-        code = response.status_code if response is not None else 0
-        answer = _answer(response)
-        if not answer.get("FailedSOPSequence") and not answer.get("ReferencedSOPSequence"):
-            raise http_failure(code, response.reason if response is not None else "") from None
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise DestinationUnreachable(f"STOW-RS failed ({type(exc).__name__})") from None
+    response = _post(destination, _read(files))
+    code = response.status_code
+    if 300 <= code < 400:
+        raise DestinationUnreachable(
+            f"HTTP {code}: redirected; configure the archive's final STOW-RS URL"
+        )
+    answer = _answer(response)
+    named = answer is not None and bool(
+        answer.get("FailedSOPSequence") or answer.get("ReferencedSOPSequence")
+    )
+    if code >= 400 and not named:
+        raise http_failure(code, response.reason or "")
+    if answer is None:
+        raise DestinationUnreachable(f"HTTP {code}: the store response could not be read")
+    if code != 200 and not named:
+        raise DestinationUnreachable(f"HTTP {code}: the store response names no instance")
     return _settle(answer, sent, on_stored, code)

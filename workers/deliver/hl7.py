@@ -4,8 +4,9 @@ with python-hl7's MLLP framing and parser; TLS when the destination asks for it.
 The message asks for the study's priority mapped by the destination's ``priority_map``, never
 lower than the order's own priority (Requested Procedure Priority in the source header) nor than
 any earlier message for the study (kept in the ledger). Acknowledgements (HL7 2.9 original
-mode): AA/CA delivered; AE/CE (an error that may pass), no answer, or a closed connection:
-retried with the destination's backoff; AR/CR: that study's delivery fails with the reason.
+mode): AA/CA delivered; AE/CE (an error that may pass): this study again later, the others go
+on; no answer, a closed connection or an unreadable answer: the destination is retried with
+backoff; AR/CR: that study's delivery fails with the reason.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import ssl
 from collections.abc import Sequence
 
 import hl7
-from hl7.mllp import open_hl7_connection
+from hl7.mllp import InvalidBlockError, open_hl7_connection
 from pydicom import dcmread
 
 from cxr_node.destination_kinds import Hl7Destination
 from cxr_node.jobs import CodedConcept, ModelInfo
 from cxr_node.ledger import DeliveryRow, FindingRow, StudyAttributes
-from workers.deliver.policy import DeliveryRejected, DestinationUnreachable
+from workers.deliver.policy import DeliveryRejected, DestinationUnreachable, StudyDeferred
 from workers.encode import hl7 as oru
 from workers.runtime import WorkerContext
 
@@ -90,10 +91,8 @@ def compose(
     if study is None:
         raise DeliveryRejected("the study is no longer in the ledger")
     order = _order(ctx, row.study_key)
-    results = ctx.ledger.results_of(row.study_key)
-    version = ",".join(sorted(r.sop_instance_uid for r in results)) or str(study.analysed_at)
     findings = ctx.ledger.findings_of(row.study_key)
-    if not findings or study.priority is None or study.model is None:
+    if study.priority is None or study.model is None:
         if not destination.not_analysed:
             return None
         message = oru.oru_not_analysed(
@@ -101,7 +100,6 @@ def compose(
             order=order,
             reason_code=study.reason_code or "NOT_ANALYSED",
             reason=study.reason or "the study was not analysed",
-            version=version,
         )
         return message, None
     priority = study.priority
@@ -116,7 +114,6 @@ def compose(
         priority=priority,
         hl7_priority=asked,
         findings=findings_by_label(findings),
-        version=version,
     )
     return message, asked
 
@@ -133,6 +130,7 @@ async def _exchange(destination: Hl7Destination, message: str) -> hl7.Message:
             destination.host,
             destination.port,
             encoding="utf-8",
+            encoding_errors="replace",  # an acknowledgement in another charset is still read
             ssl=context,
             server_hostname=destination.host if context is not None else None,
         ),
@@ -157,10 +155,14 @@ def send_message(destination: Hl7Destination, message: str) -> None:
         raise DestinationUnreachable("no HL7 acknowledgement in time") from None
     except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
         raise DestinationUnreachable(f"MLLP connection failed ({type(exc).__name__})") from None
+    except (InvalidBlockError, hl7.HL7Exception, ValueError, UnicodeError) as exc:
+        raise DestinationUnreachable(f"unreadable acknowledgement ({type(exc).__name__})") from None
     try:
         msa = ack.segment("MSA")
     except KeyError:
         raise DestinationUnreachable("the answer has no MSA segment") from None
+    if len(msa) < 3:
+        raise DestinationUnreachable("the acknowledgement names no message (MSA-2)")
     code, acknowledged = str(msa[1]), str(msa[2])
     text = str(msa[3]) if len(msa) > 3 else ""
     if acknowledged != control:
@@ -169,6 +171,8 @@ def send_message(destination: Hl7Destination, message: str) -> None:
         return
     if code in ("AR", "CR"):
         raise DeliveryRejected(f"HL7 {code}: the RIS rejected the message {text}".rstrip())
+    if code in ("AE", "CE"):  # an error that may pass: this message again later
+        raise StudyDeferred(f"HL7 {code}: the RIS could not take it now {text}".rstrip())
     raise DestinationUnreachable(f"HL7 {code or 'answer without a code'} {text}".rstrip())
 
 
@@ -182,9 +186,9 @@ def send_study(ctx: WorkerContext, destination: Hl7Destination, row: DeliveryRow
     control = str(hl7.parse(message).segment("MSH")[10])
     if SENT_PREFIX + control in row.sent_instances:
         return 0  # acknowledged before a crash; only the outcome is left to record
-    send_message(destination, message)
-    if asked is not None:
+    if asked is not None:  # before sending: a RIS that took it but did not answer counts too
         ctx.ledger.record_sent_priority(row.study_key, destination.name, asked)
+    send_message(destination, message)
     ctx.ledger.record_instance_sent(
         row.study_key, destination.name, SENT_PREFIX + control, opened_at=row.created_at
     )

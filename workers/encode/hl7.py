@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import hl7
@@ -39,6 +39,7 @@ def escape(value: object) -> str:
     ``\\.br\\``; other characters as they are, the message being UTF-8 (MSH-18). python-hl7's
     own escape writes every non-ASCII character as a hexadecimal escape, which UTF-8 needs not."""
     text = "" if value is None else str(value)
+    text = "".join(ch for ch in text if ch in "\r\n" or (ord(ch) >= 32 and ord(ch) != 127))
     for delimiter, sequence in _ESCAPES:
         text = text.replace(delimiter, sequence)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -133,11 +134,30 @@ def highest(priorities: Iterable[str | None]) -> str | None:
     return max(known, key=PRIORITY_RANK.__getitem__) if known else None
 
 
-def control_id(study_uid: str, version: str) -> str:
-    """MSH-10, stable for a study and a version of its results (so a resend is recognisable),
-    20 characters at most (HL7 2.5.1 MSH-10 ST(20))."""
-    digest = hashlib.sha256(f"{study_uid}|{version}".encode()).hexdigest()
+def control_id(study_uid: str, content: str) -> str:
+    """MSH-10, 20 characters at most (HL7 2.5.1 MSH-10 ST(20)): a hash of the study and of the
+    message's content without its times, so a resend of the same result is recognisable and
+    any change (findings, score, priority asked, patient, order) gets a new one."""
+    digest = hashlib.sha256(f"{study_uid}|{content}".encode()).hexdigest()
     return "CXR" + digest[:17].upper()
+
+
+_CANONICAL_MOMENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+
+
+def _assemble(
+    sender: Sender,
+    order: OrderContext,
+    moment: dt.datetime | None,
+    body: Callable[[dt.datetime], list[str]],
+) -> str:
+    """MSH and PID, then ``body``; the control ID from the content at a fixed time."""
+    canonical = "\r".join(
+        [*_header(sender, "", _CANONICAL_MOMENT, order), *body(_CANONICAL_MOMENT)]
+    )
+    control = control_id(order.study_uid, canonical)
+    moment = moment or dt.datetime.now(dt.UTC)
+    return checked([*_header(sender, control, moment, order), *body(moment)])
 
 
 def _hl7_name(dicom_name: str) -> str:
@@ -176,8 +196,8 @@ def _header(sender: Sender, control: str, moment: dt.datetime, order: OrderConte
                 VERSION,
                 "",
                 "",
-                "AL",
-                "NE",
+                "",  # MSH-15, MSH-16 empty: original acknowledgement mode (AA, AE, AR)
+                "",
                 "",
                 "UNICODE UTF-8",
             ]
@@ -230,12 +250,9 @@ def oru_result(
     priority: str,
     hl7_priority: str,
     findings: Sequence[FindingResult],
-    version: str,
     moment: dt.datetime | None = None,
 ) -> str:
     """The ORU^R01 of an analysed study (segments joined by carriage returns)."""
-    moment = moment or dt.datetime.now(dt.UTC)
-    control = control_id(order.study_uid, version)
     method = f"AI^{escape(model.name)} {escape(model.version)}^{PRIVATE_SCHEME}"
     equipment = escape(model.device_uid)
     rows = [
@@ -259,14 +276,17 @@ def oru_result(
                 equipment=equipment,
             )
         )
-    segments = [
-        *_header(sender, control, moment, order),
-        *_order(order, moment),
-        _notice(model),
-        f"TQ1|1||||||||{hl7_priority}^{_PRIORITY_TEXT[hl7_priority]}^HL70485",
-        *rows,
-    ]
-    return checked(segments)
+    return _assemble(
+        sender,
+        order,
+        moment,
+        lambda at: [
+            *_order(order, at),
+            _notice(model),
+            f"TQ1|1||||||||{hl7_priority}^{_PRIORITY_TEXT[hl7_priority]}^HL70485",
+            *rows,
+        ],
+    )
 
 
 _PRIORITY_TEXT = {"S": "Stat", "A": "ASAP", "R": "Routine"}
@@ -278,20 +298,20 @@ def oru_not_analysed(
     order: OrderContext,
     reason_code: str,
     reason: str,
-    version: str,
     moment: dt.datetime | None = None,
 ) -> str:
     """The ORU^R01 saying the AI did not analyse the study, and why (no priority asked)."""
-    moment = moment or dt.datetime.now(dt.UTC)
-    control = control_id(order.study_uid, version)
     text = f"Not analysed by the AI ({escape(reason_code)}): {escape(reason)}"
-    segments = [
-        *_header(sender, control, moment, order),
-        *_order(order, moment),
-        _notice(None),
-        _obx(1, "ST", f"NOTANALYSED^Not analysed by the AI^{PRIVATE_SCHEME}", text),
-    ]
-    return checked(segments)
+    return _assemble(
+        sender,
+        order,
+        moment,
+        lambda at: [
+            *_order(order, at),
+            _notice(None),
+            _obx(1, "ST", f"NOTANALYSED^Not analysed by the AI^{PRIVATE_SCHEME}", text),
+        ],
+    )
 
 
 def checked(segments: Sequence[str]) -> str:
