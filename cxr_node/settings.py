@@ -117,6 +117,16 @@ class Settings(BaseSettings):
         le=64,
         description="studies analysed at once by one worker process (default: see architecture)",
     )
+    max_batch: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="images per forward pass when analyses run at once (analysis_concurrency "
+        "above 1); 1: each image alone",
+    )
+    max_batch_wait_ms: float = Field(
+        default=5.0, ge=0.0, le=1000.0, description="how long a batch waits for more images"
+    )
     gradcam_top_k: int = Field(
         default=3, ge=0, le=18, description="Grad-CAM also for the k highest-ranked findings"
     )

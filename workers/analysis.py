@@ -17,6 +17,7 @@ from pydicom import Dataset
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
 from workers import pixels, preprocess, previews, scoring
+from workers.batching import InferenceBatcher
 from workers.encode.sr import identity_uid
 from workers.ensemble import Ensemble
 
@@ -45,6 +46,9 @@ class Analyzer:
         self.critical_findings = list(settings.critical_findings)
         self.score_method = settings.abnormality_score
         self.min_grey_levels = settings.eligibility.min_grey_levels
+        self.batcher = InferenceBatcher(
+            self.ensemble, settings.max_batch, settings.max_batch_wait_ms
+        )
 
     def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
         """The network's input tensor (1, C, S, S) and where it sits in the source image."""
@@ -57,7 +61,7 @@ class Analyzer:
         sop_instance_uid = identity_uid(dataset, "SOPInstanceUID")  # what the analysis is of
         image = pixels.displayed_image(dataset, self.min_grey_levels)
         batch, box = self.model_input(image)
-        inference = self.ensemble.infer(batch)
+        inference = self.batcher.infer(batch)
         predictions = inference.predictions
         # Ranked by how far each is above (or below) its own operating point.
         ranked = sorted(

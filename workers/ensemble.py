@@ -203,25 +203,37 @@ class Ensemble:
     @torch.inference_mode()
     def infer(self, batch: torch.Tensor) -> Inference:
         """One forward pass per member (batch of one): probabilities and target activations."""
+        return self.infer_many(batch)[0]
+
+    @torch.inference_mode()
+    def infer_many(self, batch: torch.Tensor) -> list[Inference]:
+        """One forward pass per member for a batch of images (B, C, S, S): each image's
+        probabilities and target activations, as :meth:`infer` gives them one by one."""
         batch = batch.to(self.device)
         activations: list[torch.Tensor] = []
         outputs: list[np.ndarray] = []
         for member in self.members:
             logits, activation = forward_with_activation(member.network, batch)
-            activations.append(activation[0].float())
-            outputs.append(torch.sigmoid(logits)[:1].float().cpu().numpy())
+            activations.append(activation.float())
+            outputs.append(torch.sigmoid(logits).float().cpu().numpy())
         probabilities, thresholds = self.combine(outputs)
-        predictions = [
-            LabelPrediction(
-                label=name,
-                code=code,
-                probability=float(probabilities[0, index]),
-                threshold=float(thresholds[index]),
-            )
-            for index, (name, code) in enumerate(self.labels)
-        ]
         size = (int(batch.shape[-2]), int(batch.shape[-1]))
-        return Inference(predictions=predictions, input_size=size, activations=activations)
+        return [
+            Inference(
+                predictions=[
+                    LabelPrediction(
+                        label=name,
+                        code=code,
+                        probability=float(probabilities[item, index]),
+                        threshold=float(thresholds[index]),
+                    )
+                    for index, (name, code) in enumerate(self.labels)
+                ],
+                input_size=size,
+                activations=[activation[item] for activation in activations],
+            )
+            for item in range(int(batch.shape[0]))
+        ]
 
     @torch.inference_mode()
     def gradcam(self, inference: Inference, labels: Sequence[str]) -> dict[str, np.ndarray]:
