@@ -33,8 +33,8 @@ class AnalysedImage:
     display: np.ndarray
     heatmap: np.ndarray | None
     overlays: dict[str, np.ndarray] = field(default_factory=dict)
-    """Each explained finding's map in the geometry of the web app's picture
-    (:func:`workers.previews.preview_shape`)."""
+    """Each explained finding's map with the web app's picture's aspect, small
+    (:func:`workers.previews.overlay_shape`)."""
 
 
 class Analyzer:
@@ -95,7 +95,7 @@ class Analyzer:
         heatmap = None
         if positives:
             heatmap = to_source_geometry(maps[positives[0].label], box, image.shape)
-        shape = previews.preview_shape(image.shape)
+        shape = previews.overlay_shape(image.shape)
         scale = shape[0] / image.shape[0]
         small = pixels.SquareBox(
             round(box.x0 * scale), round(box.y0 * scale), max(1, round(box.side * scale))

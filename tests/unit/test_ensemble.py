@@ -125,9 +125,9 @@ def test_heatmap_lights_the_planted_quadrant(
     # the box is around the blob, in source (column, row) coordinates: not mirrored or turned
     assert region.x_min <= column + 24 and region.x_max >= column
     assert region.y_min <= row + 24 and region.y_max >= row
-    # the web app's picture of the same map, scaled to fit 1024 pixels, is hot in the same place
+    # the web app's overlay of the same map, scaled to fit 256 pixels, is hot in the same place
     overlay = analysed.overlays["Evidence"]
-    scale = min(1.0, 1024 / max(rows, columns))
+    scale = min(1.0, 256 / max(rows, columns))
     assert overlay.shape == (round(rows * scale), round(columns * scale))
     small_row, small_column = np.unravel_index(np.argmax(overlay), overlay.shape)
     assert abs(small_row - hot_row * scale) <= 32 * scale + 2

@@ -68,3 +68,18 @@ def test_pictures_are_written_beside_the_study_and_stale_ones_removed(tmp_path: 
     assert not (folder / "heatmap-pleural-effusion.png").exists()  # an earlier analysis's
     assert label_slug("Pleural Effusion") == "pleural-effusion"
     assert label_slug("../../x") == "x"
+
+
+def test_overlays_are_small_with_the_pictures_aspect(tmp_path: Path) -> None:
+    from workers.previews import OVERLAY_SIDE, overlay_shape
+
+    assert overlay_shape((2500, 2048)) == (OVERLAY_SIDE, 210)
+    spool = Spool(tmp_path / "spool")
+    source = spool.instance_path("1.2.3", "1.2.3.1")
+    spool.write_atomically(source, [b"dicom"])
+    hot = np.zeros(overlay_shape((2000, 1600)), dtype=np.float32)
+    hot[50:100, 50:100] = 1.0
+    write_previews(spool, spool.relative(source), _analysed({"Pneumothorax": hot}))
+    with Image.open(source.parent / "previews" / source.stem / "heatmap-pneumothorax.png") as png:
+        assert png.mode == "RGBA" and png.size == (205, 256)
+        assert np.asarray(png)[75, 75, 3] > 100 and np.asarray(png)[0, 0, 3] == 0
