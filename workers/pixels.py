@@ -298,10 +298,21 @@ MIN_GREY_LEVELS = 32
 synthetic image): real radiographs in our corpus have at least 121, the SMPTE pattern 17."""
 
 
+def distinct_levels(values: np.ndarray) -> int:
+    """How many distinct values: counted in a histogram for integers (linear time; a sort, as
+    ``np.unique`` does, took 40 ms of a 2500x2048 image's 60 ms of display), else by sorting."""
+    if values.dtype.kind in "ui" and values.size:
+        low, high = int(values.min()), int(values.max())
+        if high - low < 1 << 24:
+            shifted = np.subtract(values.ravel(), low, dtype=np.int64) if low else values.ravel()
+            return int(np.count_nonzero(np.bincount(shifted)))
+    return len(np.unique(values))
+
+
 def check_plausible_radiograph(pixels: np.ndarray, min_grey_levels: int = MIN_GREY_LEVELS) -> None:
     """Pixel sanity before analysis: not constant, enough grey levels; RejectedInput if not."""
     sample = pixels if pixels.size <= 4_000_000 else pixels.reshape(-1)[:: pixels.size // 4_000_000]
-    levels = len(np.unique(sample))
+    levels = distinct_levels(sample)
     if levels <= 1:
         raise RejectedInput("CONSTANT_IMAGE", "the image has no contrast (constant pixel values)")
     if levels < min_grey_levels:

@@ -562,3 +562,18 @@ def test_pixel_header_is_a_typed_view() -> None:
     )
     assert (header.rows, header.columns, header.bits_stored) == (96, 80, 12)
     assert header.windows == (pixels.Window(2.0, 9.0),)
+
+
+def test_distinct_levels_counts_like_unique_for_every_kind_of_pixel() -> None:
+    from workers.pixels import distinct_levels
+
+    generator = np.random.default_rng(3)
+    for values in (
+        generator.integers(0, 4096, (64, 64)).astype(np.uint16),
+        generator.integers(-1024, 3000, (64, 64)).astype(np.int16),
+        generator.integers(0, 255, (8, 8)).astype(np.uint8),
+        generator.random((16, 16)).astype(np.float32),
+        np.full((4, 4), 7, dtype=np.uint16),
+        np.array([-(2**31), 2**31 - 1], dtype=np.int32),  # a range too wide for a histogram
+    ):
+        assert distinct_levels(values) == len(np.unique(values))
