@@ -37,6 +37,18 @@ from pathlib import Path
 from roundtrip import children, free_port, make_copies, rss_mb, start_serve, storescu, wait_port
 
 DEFAULT_IMAGE = "dwv/gdcm-CR-MONO1-10-chest.dcm"
+SYNTHETIC_FULL_SIZE = "synthetic-full-size"
+"""``--image`` value for a synthetic 2500x2048 16-bit DX (10 MB uncompressed), made here."""
+
+
+def synthetic_full_size(folder: Path) -> Path:
+    """A full-size synthetic chest DX (the corpus has no full-size uncompressed one)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from tests.unit._synthetic import make_dx_chest
+
+    path = folder / "synthetic-dx-2500x2048.dcm"
+    make_dx_chest(2500, 2048).save_as(path, enforce_file_format=True)
+    return path
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -247,7 +259,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--latency", type=int, default=50, help="studies timed one at a time")
     parser.add_argument("--throughput", type=int, default=200, help="studies sent at once")
-    parser.add_argument("--image", default=DEFAULT_IMAGE, help="corpus-relative path")
+    parser.add_argument(
+        "--image",
+        default=DEFAULT_IMAGE,
+        help=f"corpus-relative path, or {SYNTHETIC_FULL_SIZE} (a 2500x2048 16-bit DX made here)",
+    )
     parser.add_argument("--repeats", type=int, default=200, help="model-only forward passes")
     parser.add_argument("--keep-work", action="store_true", help="keep the temp folder (logs)")
     parser.add_argument("--model-only-worker", type=Path, help=argparse.SUPPRESS)
@@ -270,7 +286,9 @@ def main() -> int:
             env=env,
             capture_output=True,
         )
-        source = corpus / args.image
+        source = (
+            synthetic_full_size(work) if args.image == SYNTHETIC_FULL_SIZE else corpus / args.image
+        )
         print(
             f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
             f"python {platform.python_version()}; image {args.image}"
