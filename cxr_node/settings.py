@@ -117,12 +117,13 @@ class Settings(BaseSettings):
         le=64,
         description="studies analysed at once by one worker process (default: see architecture)",
     )
-    max_batch: int = Field(
-        default=1,
+    max_batch: int | None = Field(
+        default=None,
         ge=1,
         le=256,
-        description="images per forward pass when analyses run at once (analysis_concurrency "
-        "above 1); 1: each image alone",
+        description="images per forward pass when analyses run at once; default: 1 on a CPU "
+        "(single-threaded streams beat one batched stream there), the analysis concurrency "
+        "on a GPU",
     )
     max_batch_wait_ms: float = Field(
         default=5.0, ge=0.0, le=1000.0, description="how long a batch waits for more images"

@@ -17,7 +17,7 @@ from pydicom import Dataset
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
 from workers import pixels, preprocess, previews, scoring
-from workers.batching import InferenceBatcher
+from workers.batching import InferenceBatcher, default_max_batch
 from workers.encode.sr import identity_uid
 from workers.ensemble import Ensemble
 
@@ -46,8 +46,16 @@ class Analyzer:
         self.critical_findings = list(settings.critical_findings)
         self.score_method = settings.abnormality_score
         self.min_grey_levels = settings.eligibility.min_grey_levels
+        self._max_batch = settings.max_batch
+        self._max_batch_wait_ms = settings.max_batch_wait_ms
+        self.batch_for(settings.analysis_concurrency or 1)
+
+    def batch_for(self, concurrency: int) -> None:
+        """Batch inference for ``concurrency`` analyses at once (the worker's, once known)."""
         self.batcher = InferenceBatcher(
-            self.ensemble, settings.max_batch, settings.max_batch_wait_ms
+            self.ensemble,
+            default_max_batch(self._max_batch, self.ensemble.device, concurrency),
+            self._max_batch_wait_ms,
         )
 
     def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:

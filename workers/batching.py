@@ -24,6 +24,13 @@ from workers.ensemble import Ensemble, Inference
 log = logging.getLogger(__name__)
 
 
+def default_max_batch(max_batch: int | None, device: torch.device, concurrency: int) -> int:
+    """The batch size: as configured, else 1 on a CPU and the analysis concurrency on a GPU."""
+    if max_batch is not None:
+        return max_batch
+    return concurrency if device.type == "cuda" else 1
+
+
 class InferenceBatcher:
     """Gathers single-image inferences from many threads into batched forward passes."""
 

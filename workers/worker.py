@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 WorkerRole = Literal["all", "analysis", "delivery"]
 MAX_DEFAULT_CPU_CONCURRENCY = 4
+MAX_DEFAULT_GPU_CONCURRENCY = 16
+"""Studies at once on a GPU: their host side in parallel, their images batched on the GPU."""
 WORKER_HEARTBEAT_SECONDS = 5.0
 """How often a worker tells the ledger it is alive (serve takes one silent for 20 s as gone)."""
 
@@ -60,6 +62,7 @@ def _run_analysis(settings: Settings) -> int:
         settings, on_gpu=analyzer.ensemble.device.type != "cpu"
     )
     torch.set_num_threads(threads)
+    analyzer.batch_for(concurrency)
     queue = JobQueue(settings)
     worker_id = _worker_id("analysis")
     ctx = runtime.configure(settings, queue, analyzer=analyzer, worker_id=worker_id)
@@ -97,13 +100,16 @@ def analysis_parallelism(settings: Settings, on_gpu: bool) -> tuple[int, int]:
     On a CPU, one study per core plus one (at most 4), the cores shared out as torch threads:
     the forward passes keep the cores busy while the extra study's decoding, encoding and
     writing run in Python (on 2 cores, 3 studies at once sustained about 14 % more than 2 in
-    docs/benchmarks.md). On a GPU one at a time, with every core for the host side. Settings
-    override both.
+    docs/benchmarks.md). On a GPU one study per core (at most 16): their host
+    side runs in parallel while the inference batcher gathers their images into batched forward
+    passes (:mod:`workers.batching`). Settings override both.
     """
     cores = max(1, os.cpu_count() or 1)
-    concurrency = settings.analysis_concurrency or (
-        1 if on_gpu or cores < 2 else min(cores + 1, MAX_DEFAULT_CPU_CONCURRENCY)
-    )
+    if on_gpu:
+        default = min(cores, MAX_DEFAULT_GPU_CONCURRENCY)
+    else:
+        default = 1 if cores < 2 else min(cores + 1, MAX_DEFAULT_CPU_CONCURRENCY)
+    concurrency = settings.analysis_concurrency or default
     threads = settings.torch_threads or max(1, cores // concurrency)
     return concurrency, threads
 

@@ -85,3 +85,11 @@ def test_the_analyzer_batches_as_configured(tmp_path: object) -> None:
     analyzer = Analyzer(Settings(max_batch=8, max_batch_wait_ms=2.0), _ensemble())
     assert analyzer.batcher.max_batch == 8 and analyzer.batcher.max_wait == pytest.approx(0.002)
     assert Analyzer(Settings(), _ensemble()).batcher.max_batch == 1  # off unless asked
+
+
+def test_batches_are_off_on_a_cpu_and_as_wide_as_the_concurrency_on_a_gpu() -> None:
+    from workers.batching import default_max_batch
+
+    assert default_max_batch(None, torch.device("cpu"), 3) == 1
+    assert default_max_batch(None, torch.device("cuda"), 16) == 16
+    assert default_max_batch(4, torch.device("cuda"), 16) == 4

@@ -11,7 +11,13 @@ from workers.worker import analysis_parallelism
 
 @pytest.mark.parametrize(
     ("cores", "on_gpu", "expected"),
-    [(1, False, (1, 1)), (2, False, (3, 1)), (8, False, (4, 2)), (16, True, (1, 16))],
+    [
+        (1, False, (1, 1)),
+        (2, False, (3, 1)),
+        (8, False, (4, 2)),
+        (16, True, (16, 1)),
+        (32, True, (16, 2)),
+    ],
 )
 def test_defaults_follow_the_cores_and_the_device(
     monkeypatch: pytest.MonkeyPatch, cores: int, on_gpu: bool, expected: tuple[int, int]
