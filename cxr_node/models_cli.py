@@ -81,11 +81,7 @@ def add_parsers(
         "evaluate", help="per-finding AUC (95%% CI), sensitivity, specificity...; plots, report"
     )
     common(evaluate)
-    evaluate.add_argument(
-        "models", type=Path, nargs="*", help="bundle folders, or a models folder with "
-        "ensemble.json (default: the installed model)",
-    )  # fmt: skip
-    _data_arguments(evaluate, required=False)
+    _model_arguments(evaluate, data_required=False)
     evaluate.add_argument("--findings", type=_list, help="evaluate only these findings")
     evaluate.add_argument("--weights", type=_floats, help="ensemble weights, comma-separated")
     evaluate.add_argument(
@@ -95,21 +91,14 @@ def add_parsers(
         "--labels", type=Path, help="with --ledger: ground truth CSV by accession or study UID"
     )
     evaluate.add_argument("--weeks", type=int, default=12, help="with --ledger: drift weeks")
-    evaluate.add_argument("--json", action="store_true", help="one JSON object")
     evaluate.add_argument("--report", type=Path, help="write report.html and PNG plots here")
     evaluate.add_argument("--bootstrap", type=int, default=1000)
-    evaluate.add_argument("--seed", type=int, default=0)
-    evaluate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     calibrate = model_commands.add_parser(
         "calibrate", help="choose thresholds (and ensemble weights) on your data: a new version"
     )
     common(calibrate)
-    calibrate.add_argument(
-        "models", type=Path, nargs="*", help="bundle folders, or a models folder with "
-        "ensemble.json (default: the installed model)",
-    )  # fmt: skip
-    _data_arguments(calibrate, required=True)
+    _model_arguments(calibrate, data_required=True)
     calibrate.add_argument(
         "--rule", default="youden", help="youden, sensitivity:0.9 or specificity:0.9"
     )
@@ -117,9 +106,6 @@ def add_parsers(
         "--fit-weights", action="store_true", help="fit member weights to maximise mean AUC"
     )
     calibrate.add_argument("--dry-run", action="store_true", help="show, write nothing")
-    calibrate.add_argument("--json", action="store_true")
-    calibrate.add_argument("--seed", type=int, default=0)
-    calibrate.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
     synthetic = model_commands.add_parser(
         "synthetic-task",
@@ -130,6 +116,18 @@ def add_parsers(
     synthetic.add_argument("--images", type=int, default=300)
     synthetic.add_argument("--size", type=int, default=256)
     synthetic.add_argument("--seed", type=int, default=0)
+
+
+def _model_arguments(parser: argparse.ArgumentParser, data_required: bool) -> None:
+    """What evaluate and calibrate share: the model, the data, JSON output, seed, device."""
+    parser.add_argument(
+        "models", type=Path, nargs="*", help="bundle folders, or a models folder with "
+        "ensemble.json (default: the installed model)",
+    )  # fmt: skip
+    _data_arguments(parser, required=data_required)
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
 _TRAIN_KEYS = (

@@ -148,7 +148,7 @@ async def _exchange(destination: Hl7Destination, message: str) -> hl7.Message:
 
 def send_message(destination: Hl7Destination, message: str) -> None:
     """Send one message and read its acknowledgement; raise as the delivery policy says."""
-    control = str(hl7.parse(message).segment("MSH")[10])
+    control = oru.control_of(message)
     try:
         ack = asyncio.run(_exchange(destination, message))
     except TimeoutError:
@@ -183,7 +183,7 @@ def send_study(ctx: WorkerContext, destination: Hl7Destination, row: DeliveryRow
     if composed is None:
         return 0
     message, asked = composed
-    control = str(hl7.parse(message).segment("MSH")[10])
+    control = oru.control_of(message)
     if SENT_PREFIX + control in row.sent_instances:
         return 0  # acknowledged before a crash; only the outcome is left to record
     if asked is not None:  # before sending: a RIS that took it but did not answer counts too

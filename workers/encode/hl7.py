@@ -314,6 +314,12 @@ def oru_not_analysed(
     )
 
 
+def control_of(message: str) -> str:
+    """MSH-10 of a message this module built (MSH-1 is the field separator, so it is the tenth
+    ``|``-separated value of the first segment)."""
+    return message.split("\r", 1)[0].split("|")[9]
+
+
 def checked(segments: Sequence[str]) -> str:
     """Join and parse back with python-hl7: a message it cannot read never leaves."""
     text = "\r".join(segments)

@@ -37,6 +37,14 @@ def _write_json_atomically(path: Path, content: Any) -> None:
     temporary.replace(path)
 
 
+def save_atomically(content: object, path: Path) -> None:
+    """``torch.save`` to a temporary file, then renamed: never a half-written file at ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    torch.save(content, temporary)
+    temporary.replace(path)
+
+
 def write_trained_bundle(
     folder: Path,
     *,
@@ -54,10 +62,7 @@ def write_trained_bundle(
 
     Never a DEMO: these weights were trained by ``cxr-node models train``."""
     weights = folder / WEIGHTS_PATH
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    temporary = weights.with_suffix(".pt.tmp")
-    torch.save(dict(state), temporary)
-    temporary.replace(weights)
+    save_atomically(dict(state), weights)
     for key, content in records.items():
         _write_json_atomically(folder / "configs" / f"{key}.json", content)
     metadata = BundleMetadata(

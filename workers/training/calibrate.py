@@ -24,19 +24,14 @@ from workers.ensemble_config import (
 )
 from workers.training.bundle_writer import write_bundle_version
 from workers.training.datasets import read_labelled_data
-from workers.training.metrics import fit_member_weights
+from workers.training.metrics import finding_metrics, fit_member_weights
 from workers.training.operating_points import ThresholdRule, choose_thresholds
 from workers.training.predictions import Predictions, load_model, predict_data
 
 
 def _rates(truth: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float | None]:
-    known = ~np.isnan(truth)
-    y, positive = truth[known] == 1.0, scores[known] >= threshold
-    positives, negatives = int(y.sum()), int((~y).sum())
-    return {
-        "sensitivity": float((positive & y).sum() / positives) if positives else None,
-        "specificity": float((~positive & ~y).sum() / negatives) if negatives else None,
-    }
+    figures = finding_metrics("", truth, scores, threshold, bootstrap=0)
+    return {"sensitivity": figures.sensitivity, "specificity": figures.specificity}
 
 
 def _member_matrix(predictions: Predictions) -> list[np.ndarray]:

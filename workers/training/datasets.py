@@ -290,7 +290,7 @@ def _choose_labels(
     return [(label, by_norm[_norm(label)]) for label in requested]
 
 
-def _value(path: Path, line: int, column: str, text: str, uncertain: str) -> float:
+def label_value(path: Path, line: int, column: str, text: str, uncertain: str) -> float:
     """CheXpert label value: 1 positive, 0 negative, -1 uncertain, blank unknown (Irvin et al.
     2019); uncertain becomes NaN (U-Ignore), 0 (U-Zeros) or 1 (U-Ones)."""
     try:
@@ -393,7 +393,7 @@ def _read_chexpert(path: Path, root: Path, labels: Sequence[str] | None, uncerta
         key = row[path_col]
         if not key:
             raise _error(path, line, "empty Path")
-        values = {out: _value(path, line, src, row[src], uncertain) for out, src in chosen}
+        values = {out: label_value(path, line, src, row[src], uncertain) for out, src in chosen}
         if frontal_col and row[frontal_col].lower() == "lateral":
             read.skip(key, None, line, "LATERAL_VIEW", "Frontal/Lateral says Lateral")
             continue
@@ -548,7 +548,7 @@ def _read_dicom(path: Path, root: Path, labels: Sequence[str] | None, uncertain:
         key = row[key_col]
         if not key:
             raise _error(path, line, f"empty {key_col}")
-        values = {out: _value(path, line, src, row[src], uncertain) for out, src in chosen}
+        values = {out: label_value(path, line, src, row[src], uncertain) for out, src in chosen}
         if key in table:
             kept = table[key][0]
             read.skip(key, None, line, "DUPLICATE", f"{key_col} repeats line {kept}")

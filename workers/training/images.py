@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from cxr_node.errors import RejectedInput
@@ -56,6 +57,13 @@ class LoadedImages:
         if self.squares is not None:
             return self.squares[index].astype(np.float32) / _SCALE
         return load_square(self.samples[index].path, self.prep)
+
+    def batches(self, size: int, progress: bool = False) -> Iterator[torch.Tensor]:
+        """Every square in order, ``size`` at a time, as (B, 1, S, S) tensors."""
+        starts = range(0, len(self.samples), size)
+        for start in tqdm(starts, desc="predicting", disable=not progress, leave=False):
+            stop = min(start + size, len(self.samples))
+            yield torch.stack([torch.from_numpy(self.square(i))[None] for i in range(start, stop)])
 
 
 def _try_load(sample: Sample, prep: Preprocessing) -> np.ndarray | Skipped:

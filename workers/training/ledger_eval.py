@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import html
-import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +22,12 @@ import numpy as np
 from cxr_node.ledger import Ledger
 from cxr_node.ledger.validation import AnalysedStudyFindings, DriftRow
 from cxr_node.settings import Settings
-from workers.training.datasets import DataError
+from workers.training.datasets import DataError, label_value
 from workers.training.metrics import Evaluation, evaluate_scores
 from workers.training.report import write_report
 
 ACCESSION_COLUMNS = ("AccessionNumber", "accession_number", "Accession Number", "accession")
 STUDY_UID_COLUMNS = ("StudyInstanceUID", "study_instance_uid", "Study Instance UID", "study_uid")
-_VALUES = {"1": 1.0, "1.0": 1.0, "0": 0.0, "0.0": 0.0, "-1": math.nan, "-1.0": math.nan}
 
 
 def read_ground_truth(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
@@ -57,11 +55,8 @@ def read_ground_truth(path: Path) -> tuple[str, dict[str, dict[str, float]]]:
             if key in truth:
                 raise DataError(f"{path}, line {line}: {key_column} repeated")
             values = {}
-            for label in labels:
-                text = (row.get(label) or "").strip()
-                if text and text not in _VALUES:
-                    raise DataError(f"{path}, line {line}, column {label}: {text!r} is not 1/0/-1")
-                values[label] = _VALUES.get(text, math.nan)
+            for label in labels:  # CheXpert values; uncertain (-1) counts as unknown
+                values[label] = label_value(path, line, label, row.get(label) or "", "ignore")
             truth[key] = values
     return kind, truth
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cxr_node.errors import ModelBundleError
 from cxr_node.settings import EnsembleMember
@@ -109,12 +108,7 @@ def predict_data(
     if not images.samples:
         raise ModelBundleError(f"{data.source}: no image could be read as the node reads it")
     outputs: list[list[np.ndarray]] = [[] for _ in ensemble.members]
-    starts = range(0, len(images.samples), batch_size)
-    for start in tqdm(starts, desc="predicting", disable=not progress, leave=False):
-        stop = min(start + batch_size, len(images.samples))
-        squares = torch.stack(
-            [torch.from_numpy(images.square(i))[None] for i in range(start, stop)]
-        )
+    for squares in images.batches(batch_size, progress):
         batch = network_input(squares, prep)
         for member_outputs, answer in zip(
             outputs, ensemble.member_probabilities(batch), strict=True

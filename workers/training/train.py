@@ -37,7 +37,7 @@ from workers.networks import build_network
 from workers.preprocess import network_input
 from workers.training import datasets
 from workers.training.augment import AUGMENTATIONS, DEFAULT_AUGMENTATIONS, augmentation
-from workers.training.bundle_writer import write_trained_bundle
+from workers.training.bundle_writer import save_atomically, write_trained_bundle
 from workers.training.images import LoadedImages, label_matrix, load_images
 from workers.training.operating_points import ThresholdRule, choose_thresholds
 from workers.training.validation import validation_report
@@ -252,12 +252,7 @@ def predict(
     unless ``mixed_precision`` is off: serving computes in float32)."""
     network.eval()
     outputs = []
-    starts = range(0, len(images.samples), batch_size)
-    for start in tqdm(starts, desc="predicting", disable=not progress, leave=False):
-        stop = min(start + batch_size, len(images.samples))
-        squares = torch.stack(
-            [torch.from_numpy(images.square(i))[None] for i in range(start, stop)]
-        )
+    for squares in images.batches(batch_size, progress):
         batch = network_input(squares, prep).to(device)
         with _autocast(device, mixed_precision):
             logits = network(batch)
@@ -341,8 +336,7 @@ class _Run:
     def save_checkpoint(self, epoch: int) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         path = self.checkpoints / f"epoch-{epoch:05d}.pt"
-        temporary = path.with_suffix(".pt.tmp")
-        torch.save(
+        save_atomically(
             {
                 "epoch": epoch,
                 "network": self.network.state_dict(),
@@ -353,9 +347,8 @@ class _Run:
                 "best_auc": self.best_auc,
                 "torch_rng": torch.get_rng_state(),
             },
-            temporary,
+            path,
         )
-        temporary.replace(path)
         for old in sorted(self.checkpoints.glob("epoch-*.pt"))[:-CHECKPOINTS_KEPT]:
             old.unlink()
 
@@ -438,12 +431,6 @@ def _refuse_earlier_run(out: Path) -> None:
         )
 
 
-def _save_atomically(state: dict[str, torch.Tensor], path: Path) -> None:
-    temporary = path.with_suffix(".pt.tmp")
-    torch.save(state, temporary)
-    temporary.replace(path)
-
-
 def _stopped_early(run: _Run, last_epoch: int) -> bool:
     patience = run.config.patience
     return bool(patience and run.best_epoch and last_epoch - run.best_epoch >= patience)
@@ -489,7 +476,7 @@ def train(
             run.history.append(record)
             if improved:
                 run.best_epoch, run.best_auc = epoch, mean_auc
-                _save_atomically(run.network.state_dict(), _state_path(run))
+                save_atomically(run.network.state_dict(), _state_path(run))
             run.save_checkpoint(epoch)
             _announce(record, config.epochs, progress)
             if on_epoch_end is not None:
