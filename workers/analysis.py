@@ -30,8 +30,13 @@ class AnalysedImage:
     """The analysis of one image, with what the encoders need to draw it."""
 
     analysis: ImageAnalysis
-    display: np.ndarray
+    picture: np.ndarray
+    """The radiograph as displayed, 8-bit, scaled to fit the web picture
+    (:func:`workers.previews.picture_of`); the SC is drawn from it too."""
+    source_shape: tuple[int, int]
+    """The analysed image's (rows, columns): the frame of the findings' regions."""
     heatmap: np.ndarray | None
+    """The SC's map (the most positive finding's), in the picture's geometry."""
     overlays: dict[str, np.ndarray] = field(default_factory=dict)
     """Each explained finding's map with the web app's picture's aspect, small
     (:func:`workers.previews.overlay_shape`)."""
@@ -100,16 +105,30 @@ class Analyzer:
             priority=scoring.priority(findings, self.critical_findings),
             model=self.ensemble.info,
         )
+        picture = previews.picture_of(image)
         heatmap = None
         if positives:
-            heatmap = to_source_geometry(maps[positives[0].label], box, image.shape)
+            at_picture = scaled_box(box, picture.shape[0] / image.shape[0])
+            heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture.shape)
         shape = previews.overlay_shape(image.shape)
-        scale = shape[0] / image.shape[0]
-        small = pixels.SquareBox(
-            round(box.x0 * scale), round(box.y0 * scale), max(1, round(box.side * scale))
-        )
+        small = scaled_box(box, shape[0] / image.shape[0])
         overlays = {label: to_source_geometry(m, small, shape) for label, m in maps.items()}
-        return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap, overlays=overlays)
+        return AnalysedImage(
+            analysis=analysis,
+            picture=picture,
+            source_shape=(image.shape[0], image.shape[1]),
+            heatmap=heatmap,
+            overlays=overlays,
+        )
+
+
+def scaled_box(box: pixels.SquareBox, scale: float) -> pixels.SquareBox:
+    """The model's square in an image scaled by ``scale`` (a picture of the source)."""
+    if scale == 1.0:
+        return box
+    return pixels.SquareBox(
+        round(box.x0 * scale), round(box.y0 * scale), max(1, round(box.side * scale))
+    )
 
 
 def to_source_geometry(

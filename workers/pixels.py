@@ -459,6 +459,13 @@ def scale_to_range(image: np.ndarray, value_range: tuple[float, float]) -> np.nd
     return (image * (high - low) + low).astype(np.float32)
 
 
+def fit_within(shape: tuple[int, ...], side: int) -> tuple[int, int]:
+    """(rows, columns) of ``shape`` scaled down (never up) to fit ``side`` pixels a side."""
+    rows, columns = int(shape[0]), int(shape[1])
+    scale = min(1.0, side / max(rows, columns))
+    return max(1, round(rows * scale)), max(1, round(columns * scale))
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """A [0, 1] image as 8-bit for display and Secondary Capture."""
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from cxr_node import pictures
@@ -39,20 +41,14 @@ _RAMP = np.array(  # value 0 .. 1: dark blue, cyan, yellow, red (a perceptually 
 )
 
 
-def _fit(shape: tuple[int, ...], side: int) -> tuple[int, int]:
-    rows, columns = int(shape[0]), int(shape[1])
-    scale = min(1.0, side / max(rows, columns))
-    return max(1, round(rows * scale)), max(1, round(columns * scale))
-
-
 def preview_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The preview's (rows, columns): the image's, scaled down to fit ``PREVIEW_SIDE``."""
-    return _fit(shape, PREVIEW_SIDE)
+    return pixels.fit_within(shape, PREVIEW_SIDE)
 
 
 def overlay_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """A heatmap overlay's (rows, columns): the image's, scaled down to fit ``OVERLAY_SIDE``."""
-    return _fit(shape, OVERLAY_SIDE)
+    return pixels.fit_within(shape, OVERLAY_SIDE)
 
 
 def _overlay_table() -> np.ndarray:
@@ -66,13 +62,22 @@ def _overlay_table() -> np.ndarray:
 _OVERLAY_TABLE = _overlay_table()
 
 
-def image_png(display: np.ndarray) -> bytes:
-    """The displayed radiograph ([0, 1]) as an 8-bit greyscale PNG, scaled to fit."""
-    rows, columns = preview_shape(display.shape)
-    picture = Image.fromarray(pixels.to_uint8(display), mode="L")
-    if (rows, columns) != display.shape[:2]:
-        picture = picture.resize((columns, rows), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return _png(picture)
+def picture_of(display: np.ndarray) -> np.ndarray:
+    """The displayed radiograph ([0, 1], source geometry) as the 8-bit picture that the web page
+    and the SC are drawn from: scaled down to :func:`preview_shape` with an antialiased
+    (triangle) filter, once per image (on a 2500x2048 image 10 ms, where Lanczos on the 8-bit
+    full-size image took 35 ms, and the web picture and the SC each made their own)."""
+    shape = preview_shape(display.shape)
+    if shape != display.shape[:2]:
+        tensor = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
+        small = F.interpolate(tensor, size=shape, mode="bilinear", antialias=True)
+        display = small[0, 0].numpy()
+    return pixels.to_uint8(display)
+
+
+def image_png(picture: np.ndarray) -> bytes:
+    """The radiograph's 8-bit picture (:func:`picture_of`) as a greyscale PNG."""
+    return _png(Image.fromarray(picture, mode="L"))
 
 
 def overlay_png(heatmap: np.ndarray, shape: tuple[int, int]) -> bytes:
@@ -103,11 +108,11 @@ def write_pictures(spool: Spool, folder: Path, analysed: AnalysedImage) -> list[
     """The pictures of an analysed image in ``folder`` (see :func:`write_previews`); the labels
     of the findings that have a heatmap (none when the pictures could not be written)."""
     try:
-        shape = overlay_shape(analysed.display.shape)
-        files = {pictures.IMAGE: image_png(analysed.display)}
+        shape = overlay_shape(analysed.source_shape)
+        files = {pictures.IMAGE: image_png(analysed.picture)}
         for label, overlay in analysed.overlays.items():
             files[pictures.heatmap_name(label)] = overlay_png(overlay, shape)
-        rows, columns = analysed.display.shape[:2]
+        rows, columns = analysed.source_shape
         files[pictures.GEOMETRY] = json.dumps({"rows": rows, "columns": columns}).encode()
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("heatmap-*.png"):

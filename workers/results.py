@@ -18,7 +18,6 @@ from workers.encode.notice import build_not_analysed_report, node_device
 from workers.encode.part10 import to_part10
 from workers.encode.sc import build_heatmap_sc
 from workers.encode.sr import build_measurement_report, header_view
-from workers.pixels import to_uint8
 
 if TYPE_CHECKING:
     from workers.analysis import AnalysedImage
@@ -48,7 +47,7 @@ def encode_results(source: Dataset, analysed: AnalysedImage) -> list[tuple[str, 
     )
     heatmap = build_heatmap_sc(
         source,
-        to_uint8(analysed.display),
+        analysed.picture,
         analysed.heatmap,
         analysed.analysis,
         series_instance_uid=_uid(study_uid, device_uid, "sc-series"),

@@ -11,6 +11,7 @@ from cxr_node.errors import RejectedInput
 from tests.integration.conftest import inventory
 from workers.analysis import Analyzer
 from workers.offline import read_source
+from workers.previews import preview_shape
 
 pytestmark = pytest.mark.integration
 
@@ -27,10 +28,11 @@ def test_every_frontal_chest_file_is_analysed(corpus: Path, analyzer: Analyzer) 
         result = analysed.analysis
         assert len(result.findings) == 18, row["file"]
         assert 0.0 <= result.abnormality_score <= 1.0
-        assert analysed.display.shape == (source.Rows, source.Columns)
+        assert analysed.source_shape == (source.Rows, source.Columns)
+        assert analysed.picture.shape == preview_shape((source.Rows, source.Columns))
         positives = result.positive_findings
         if positives:
-            assert analysed.heatmap is not None and analysed.heatmap.shape == analysed.display.shape
+            assert analysed.heatmap is not None and analysed.heatmap.shape == analysed.picture.shape
             for finding in positives:
                 assert finding.region is not None, (row["file"], finding.label)
                 assert 0 <= finding.region.x_min < finding.region.x_max <= source.Columns

@@ -50,14 +50,14 @@ def _pictures(spool: Path, study: str) -> None:
 
     import numpy as np
 
-    from workers.previews import image_png, overlay_png
+    from workers.previews import image_png, overlay_png, picture_of
 
     rows, columns = 640, 520
     y, x = np.mgrid[0:rows, 0:columns].astype(np.float32)
     display = 0.25 + 0.5 * np.exp(-(((x - 260) / 190) ** 2 + ((y - 330) / 260) ** 2))
     folder = spool / study / "previews" / f"{study}.1"
     folder.mkdir(parents=True)
-    (folder / "image.png").write_bytes(image_png(display))
+    (folder / "image.png").write_bytes(image_png(picture_of(display)))
     for label, (cy, cx) in {"Pneumothorax": (150, 140), "Effusion": (520, 400)}.items():
         hot = np.exp(-(((x - cx) / 60) ** 2 + ((y - cy) / 60) ** 2))
         (folder / f"heatmap-{label.lower()}.png").write_bytes(overlay_png(hot, (rows, columns)))

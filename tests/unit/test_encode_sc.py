@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.uid import SecondaryCaptureImageStorage, generate_uid
 
 from cxr_node.jobs import ImageAnalysis
@@ -151,6 +152,36 @@ def test_large_source_end_to_end(tmp_path: Path) -> None:
     assert max(sc.Rows, sc.Columns) <= MAX_SIDE
     errors, warnings = dciodvfy(_write(sc, tmp_path))
     assert errors == [], "\n".join(errors + warnings)
+
+
+def test_a_scaled_down_picture_of_the_source_is_drawn(tmp_path: Path) -> None:
+    source = make_dx_chest(rows=2000, columns=1600)
+    analysis = make_analysis(source.SOPInstanceUID, demo=True, rows=2000, columns=1600)
+    picture = np.asarray(
+        Image.fromarray(crude_display(source)).resize((819, 1024), Image.Resampling.BILINEAR)
+    )
+    sc = build_heatmap_sc(
+        source,
+        picture,
+        _heatmap(1024, 819),
+        analysis,
+        series_instance_uid=generate_uid(),
+        sop_instance_uid=generate_uid(),
+        series_number=902,
+    )
+    assert max(sc.Rows, sc.Columns) <= MAX_SIDE
+    errors, warnings = dciodvfy(_write(sc, tmp_path))
+    assert errors == [], "\n".join(errors + warnings)
+    with pytest.raises(ValueError, match="aspect"):  # not a picture of this source
+        build_heatmap_sc(
+            source,
+            picture[:, :700],
+            None,
+            analysis,
+            series_instance_uid=generate_uid(),
+            sop_instance_uid=generate_uid(),
+            series_number=902,
+        )
 
 
 def test_rejects_mismatched_geometry(source: pydicom.Dataset) -> None:

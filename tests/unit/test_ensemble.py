@@ -118,6 +118,7 @@ def test_heatmap_lights_the_planted_quadrant(
         finding.positive and not {f.label: f for f in analysed.analysis.findings}["Absent"].positive
     )
     assert analysed.heatmap is not None and analysed.heatmap.shape == (rows, columns)
+    assert analysed.picture.shape == (rows, columns) and analysed.source_shape == (rows, columns)
     hot_row, hot_column = np.unravel_index(np.argmax(analysed.heatmap), analysed.heatmap.shape)
     assert row - 8 <= hot_row <= row + 32 and column - 8 <= hot_column <= column + 32
     region = finding.region

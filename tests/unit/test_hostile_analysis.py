@@ -17,6 +17,7 @@ from tests.dicom_checks import dciodvfy_errors
 from tests.unit._synthetic import make_analysis, make_dx_chest
 from workers import offline, pixels
 from workers.analysis import AnalysedImage
+from workers.pixels import to_uint8
 
 
 class StubAnalyzer:
@@ -35,7 +36,12 @@ class StubAnalyzer:
         )
         heatmap = np.zeros(image.shape, dtype=np.float32)
         heatmap[10:40, 10:40] = 1.0
-        return AnalysedImage(analysis=analysis, display=image, heatmap=heatmap)
+        return AnalysedImage(
+            analysis=analysis,
+            picture=to_uint8(image),
+            source_shape=(image.shape[0], image.shape[1]),
+            heatmap=heatmap,
+        )
 
 
 @pytest.fixture

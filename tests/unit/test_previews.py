@@ -14,11 +14,12 @@ from cxr_node.jobs import ImageAnalysis, ModelInfo, Priority
 from cxr_node.pictures import label_slug
 from cxr_node.spool import Spool
 from workers.analysis import AnalysedImage
-from workers.previews import overlay_png, preview_shape, write_previews
+from workers.previews import overlay_png, picture_of, preview_shape, write_previews
 
 
 def _analysed(overlays: dict[str, np.ndarray]) -> AnalysedImage:
     display = np.linspace(0.0, 1.0, 2000 * 1600, dtype=np.float32).reshape(2000, 1600)
+    picture = picture_of(display)
     analysis = ImageAnalysis(
         sop_instance_uid="1.2.3.1",
         findings=[],
@@ -26,13 +27,32 @@ def _analysed(overlays: dict[str, np.ndarray]) -> AnalysedImage:
         priority=Priority.ROUTINE,
         model=ModelInfo(name="m", version="1", demo=True, members=[], device_uid="1.2"),
     )
-    return AnalysedImage(analysis=analysis, display=display, heatmap=None, overlays=overlays)
+    return AnalysedImage(
+        analysis=analysis,
+        picture=picture,
+        source_shape=(2000, 1600),
+        heatmap=None,
+        overlays=overlays,
+    )
 
 
 def test_preview_geometry_keeps_the_aspect_and_never_enlarges() -> None:
     assert preview_shape((2000, 1600)) == (1024, 819)
     assert preview_shape((3000, 2500)) == (1024, 853)
     assert preview_shape((512, 400)) == (512, 400)
+
+
+def test_the_picture_is_the_display_scaled_down_smoothly() -> None:
+    display = np.zeros((2000, 1600), dtype=np.float32)
+    display[:, ::2] = 1.0  # one-pixel stripes: a filter that merely samples would keep them
+    display[:1000] *= 0.5
+    picture = picture_of(display)
+    assert picture.dtype == np.uint8 and picture.shape == (1024, 819)
+    top, bottom = picture[100:400, 100:700], picture[600:900, 100:700]
+    assert abs(float(top.mean()) - 64) < 4 and abs(float(bottom.mean()) - 128) < 4
+    assert int(top.max()) - int(top.min()) < 40  # averaged, not aliased into wide bands
+    small = np.linspace(0.0, 1.0, 300 * 200, dtype=np.float32).reshape(300, 200)
+    assert np.array_equal(picture_of(small), np.rint(small * 255).astype(np.uint8))
 
 
 def test_an_overlay_is_transparent_where_the_map_is_cold() -> None:

@@ -21,6 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_node.jobs import ImageAnalysis
+from workers.pixels import fit_within
 
 from .copies import clone
 from .sr import (
@@ -98,14 +99,18 @@ def blend(gray: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray:
 def _check_inputs(
     source: pydicom.Dataset, display: np.ndarray, heatmap: np.ndarray | None
 ) -> np.ndarray | None:
-    """Display and heatmap must share the source geometry; returns a clean heatmap."""
-    shape = (int(source.Rows), int(source.Columns))
-    if display.dtype != np.uint8 or display.shape != shape:
-        raise ValueError(f"display must be uint8 with shape {shape}")
+    """The display is an 8-bit picture of the source (its geometry, or scaled down with its
+    aspect); the heatmap shares the display's geometry. Returns a clean heatmap."""
+    source_shape = (int(source.Rows), int(source.Columns))
+    if display.ndim != 2 or display.dtype != np.uint8:
+        raise ValueError("display must be a 2D uint8 picture")
+    expected = fit_within(source_shape, max(display.shape))
+    if display.shape != expected:
+        raise ValueError(f"display must have the source's shape {source_shape} or its aspect")
     if heatmap is None:
         return None
-    if heatmap.shape != shape:
-        raise ValueError(f"heatmap must have shape {shape}")
+    if heatmap.shape != display.shape:
+        raise ValueError(f"heatmap must have the display's shape {display.shape}")
     return np.clip(np.nan_to_num(heatmap.astype(np.float32)), 0.0, 1.0)
 
 
