@@ -2,10 +2,11 @@
 
 A synthetic 2500x2048 16-bit DX (10 MB, uncompressed; made here, not from the corpus) and,
 when the corpus is there, a full-size JPEG 2000 chest radiograph, each analysed ``--rounds``
-times in this process by the same functions the analysis worker calls, in order: read the file,
-decode and display (LUTs, window), model input (square, resize, range), the ensemble's forward
-pass, Grad-CAM, regions and overlays, SR + SC encoding, the web pictures, writing the files.
-Prints the median milliseconds per stage and the share of the whole, as JSON and as a table.
+times in this process through the stages of the worker's pipeline (workers/pipeline.py): load (read the file), preprocess
+(decode, LUTs and window, the network's input, the 8-bit picture), infer (the ensemble's forward
+pass), explain (Grad-CAM, regions, heatmaps), score, encode (SR + SC), write (the web pictures and
+the result files). Prints the median milliseconds per stage and the share of the whole, as JSON
+and as a table.
 
     .venv/bin/python bench/stages.py [--rounds 5] [--threads 2]
 """
@@ -16,11 +17,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,8 @@ sys.path.insert(0, str(REPO))
 from cxr_node.settings import Settings  # noqa: E402
 from cxr_node.spool import Spool  # noqa: E402
 from tests.unit._synthetic import make_dx_chest  # noqa: E402
-from workers import analysis, pixels, previews, scoring  # noqa: E402
+from workers import analysis, pipeline  # noqa: E402
 from workers.bundles import write_demo_bundles  # noqa: E402
-from workers.results import encode_results, write_plain  # noqa: E402
 
 JPEG2000_CHEST = "pylibjpeg-data/RG1_J2KI.dcm"
 
@@ -47,39 +46,15 @@ def _synthetic(folder: Path) -> Path:
     return path
 
 
-def _stages(analyzer: analysis.Analyzer, path: Path, out: Path) -> dict[str, float]:
-    """One analysis, timed per stage (milliseconds), as Analyzer.analyse and the task do it."""
-    times: dict[str, float] = {}
-
-    def timed(name: str, step: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
-        result = step()
-        times[name] = (time.perf_counter() - started) * 1000
-        return result
-
-    source = timed("read file", lambda: dcmread(path))
-    image = timed("decode + display", lambda: pixels.displayed_image(source))
-    batch, _box = timed("model input", lambda: analyzer.model_input(image))
-    inference = timed("forward pass", lambda: analyzer.ensemble.infer(batch))
-    ranked = sorted(
-        inference.predictions,
-        key=lambda p: scoring.normalised_probability(p.probability, p.threshold),
-        reverse=True,
-    )
-    explained = list({p.label: p for p in [*[p for p in ranked if p.positive], *ranked[:3]]})
-    timed("grad-cam", lambda: analyzer.ensemble.gradcam(inference, explained))
-    fresh = dcmread(path)  # analyse() decodes again, as the worker does (pydicom caches pixels)
-    analysed = timed("whole analyse()", lambda: analyzer.analyse(fresh))
-    times["regions + overlays (analyse - above)"] = max(
-        0.0,
-        times["whole analyse()"]
-        - sum(times[k] for k in ("decode + display", "model input", "forward pass", "grad-cam")),
-    )
-    results = timed("SR + SC encoding", lambda: encode_results(source, analysed))
-    spool = Spool(out / "spool")
-    timed("web pictures", lambda: previews.write_previews(spool, "s/x.dcm", analysed))
-    timed("write files", lambda: [write_plain(out, dataset) for _kind, dataset in results])
-    return times
+def _stages(stages: list[pipeline.Stage], spool: Spool, path: Path) -> dict[str, float]:
+    """One analysis through the worker's pipeline, timed per stage (milliseconds)."""
+    dataset = dcmread(path)  # a fresh copy in the spool each round: the load stage reads it
+    spooled = spool.instance_path(str(dataset.StudyInstanceUID), str(dataset.SOPInstanceUID))
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, spooled)
+    seconds: dict[str, float] = {}
+    pipeline.run(stages, spooled, seconds)
+    return {stage: s * 1000 for stage, s in seconds.items()}
 
 
 def main() -> int:
@@ -91,21 +66,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="cxr-stages-"))
     write_demo_bundles(work / "models")
     analyzer = analysis.Analyzer(Settings(data_dir=work, models_dir=work / "models"))
+    spool = Spool(work / "spool")
+    stages = pipeline.compose(analyzer, spool)
     images = {"synthetic DX 2500x2048 16-bit": _synthetic(work)}
     corpus = Path(os.environ.get("CXR_CORPUS", REPO.parent / "shared" / "cxr-corpus"))
     if (corpus / JPEG2000_CHEST).is_file():
         images["JPEG 2000 " + JPEG2000_CHEST] = corpus / JPEG2000_CHEST
     report: dict[str, Any] = {"machine": platform.platform(), "threads": args.threads}
     for name, path in images.items():
-        _stages(analyzer, path, work)  # warm-up
-        rounds = [_stages(analyzer, path, work) for _ in range(args.rounds)]
+        _stages(stages, spool, path)  # warm-up
+        rounds = [_stages(stages, spool, path) for _ in range(args.rounds)]
         medians = {stage: statistics.median(r[stage] for r in rounds) for stage in rounds[0]}
-        whole = sum(ms for stage, ms in medians.items() if stage != "whole analyse()")
+        whole = sum(medians.values())
         report[name] = {"median_ms": medians, "per_image_ms": whole}
         print(f"\n{name}: {whole:.0f} ms per image (median of {args.rounds})")
         for stage, ms in medians.items():
-            share = "" if stage == "whole analyse()" else f"{100 * ms / whole:5.1f} %"
-            print(f"  {stage:<38} {ms:8.1f} ms {share}")
+            print(f"  {stage:<12} {ms:8.1f} ms {100 * ms / whole:5.1f} %")
     print(json.dumps(report, default=float))
     return 0
 

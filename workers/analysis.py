@@ -1,8 +1,10 @@
 """One radiograph through the model: pixels in, findings, score and heatmap out (as data).
 
-decode -> displayed image -> square crop/pad -> resize -> value range -> ensemble ->
-Grad-CAM for every positive finding and the top k -> heatmaps and hottest regions back in source
-geometry. The SC heatmap shows the finding furthest above its operating point.
+The analysis stages of :mod:`workers.pipeline`: preprocess (decode -> displayed image -> square
+crop/pad -> resize -> value range; the 8-bit picture), infer (the ensemble, batched), explain
+(Grad-CAM for every positive finding and the top k -> hottest regions in source pixels, maps in
+the pictures' geometry), score (findings, abnormality score, priority). The SC heatmap shows the
+finding furthest above its operating point.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from cxr_node.settings import Settings
 from workers import pixels, preprocess, previews, scoring
 from workers.batching import InferenceBatcher, default_max_batch
 from workers.encode.sr import identity_uid
-from workers.ensemble import Ensemble
+from workers.ensemble import Ensemble, Inference
 
 REGION_LEVEL = 0.6
 """Fraction of the heatmap peak that bounds the hottest region."""
@@ -40,6 +42,28 @@ class AnalysedImage:
     overlays: dict[str, np.ndarray] = field(default_factory=dict)
     """Each explained finding's map with the web app's picture's aspect, small
     (:func:`workers.previews.overlay_shape`)."""
+
+
+@dataclass
+class Prepared:
+    """An image after preprocessing: the network's input and the picture to draw on."""
+
+    sop_instance_uid: str
+    model_input: torch.Tensor
+    box: pixels.SquareBox
+    """Where the network's square sits in the source image."""
+    source_shape: tuple[int, int]
+    picture: np.ndarray
+
+
+@dataclass
+class Explanation:
+    """Grad-CAM of the explained findings: regions in source pixels, the SC's map in the
+    picture's geometry, the web app's small overlays."""
+
+    regions: dict[str, Region | None]
+    heatmap: np.ndarray | None
+    overlays: dict[str, np.ndarray]
 
 
 class Analyzer:
@@ -70,15 +94,37 @@ class Analyzer:
         return preprocess.network_input(torch.from_numpy(square)[None, None], prep), box
 
     def analyse(self, dataset: Dataset) -> AnalysedImage:
-        """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be."""
+        """Analyse one decoded-on-demand DICOM image; RejectedInput says why it cannot be.
+
+        The analysis stages of :mod:`workers.pipeline`, in order, for callers that write
+        nothing (or their own files)."""
+        prepared = self.preprocess(dataset)
+        inference = self.infer(prepared)
+        return self.score(prepared, inference, self.explain(prepared, inference))
+
+    def preprocess(self, dataset: Dataset) -> Prepared:
+        """Pixels to what the later stages need: the displayed image (PS3.3 C.11 LUTs) as the
+        network's input and as the 8-bit picture; the full-size image is not kept."""
         sop_instance_uid = identity_uid(dataset, "SOPInstanceUID")  # what the analysis is of
         image = pixels.displayed_image(dataset, self.min_grey_levels)
         batch, box = self.model_input(image)
-        inference = self.batcher.infer(batch)
-        predictions = inference.predictions
-        # Ranked by how far each is above (or below) its own operating point.
+        return Prepared(
+            sop_instance_uid=sop_instance_uid,
+            model_input=batch,
+            box=box,
+            source_shape=(image.shape[0], image.shape[1]),
+            picture=previews.picture_of(image),
+        )
+
+    def infer(self, prepared: Prepared) -> Inference:
+        """The ensemble's forward pass, batched with other analyses' images when configured."""
+        return self.batcher.infer(prepared.model_input)
+
+    def explain(self, prepared: Prepared, inference: Inference) -> Explanation:
+        """Grad-CAM for every positive finding and the top k (ranked by how far each is above,
+        or below, its own operating point), with the hottest regions in source pixels."""
         ranked = sorted(
-            predictions,
+            inference.predictions,
             key=lambda p: scoring.normalised_probability(p.probability, p.threshold),
             reverse=True,
         )
@@ -86,7 +132,22 @@ class Analyzer:
         explained = list({p.label: p for p in positives + ranked[: self.top_k]}.values())
         maps = self.ensemble.gradcam(inference, [p.label for p in explained])
         size = self.ensemble.preprocessing.size
-        regions = {label: to_source_region(m, box, size, image.shape) for label, m in maps.items()}
+        box, shape = prepared.box, prepared.source_shape
+        regions = {label: to_source_region(m, box, size, shape) for label, m in maps.items()}
+        heatmap = None
+        if positives:
+            picture_shape = (prepared.picture.shape[0], prepared.picture.shape[1])
+            at_picture = scaled_box(box, picture_shape[0] / shape[0])
+            heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture_shape)
+        small_shape = previews.overlay_shape(shape)
+        small = scaled_box(box, small_shape[0] / shape[0])
+        overlays = {label: to_source_geometry(m, small, small_shape) for label, m in maps.items()}
+        return Explanation(regions=regions, heatmap=heatmap, overlays=overlays)
+
+    def score(
+        self, prepared: Prepared, inference: Inference, explanation: Explanation
+    ) -> AnalysedImage:
+        """Findings at their operating points, the abnormality score and the triage priority."""
         findings = [
             Finding(
                 label=p.label,
@@ -94,31 +155,23 @@ class Analyzer:
                 probability=round(p.probability, 6),
                 threshold=round(p.threshold, 6),
                 positive=p.positive,
-                region=regions.get(p.label),
+                region=explanation.regions.get(p.label),
             )
-            for p in predictions
+            for p in inference.predictions
         ]
         analysis = ImageAnalysis(
-            sop_instance_uid=sop_instance_uid,
+            sop_instance_uid=prepared.sop_instance_uid,
             findings=findings,
             abnormality_score=round(scoring.abnormality_score(findings, self.score_method), 6),
             priority=scoring.priority(findings, self.critical_findings),
             model=self.ensemble.info,
         )
-        picture = previews.picture_of(image)
-        heatmap = None
-        if positives:
-            at_picture = scaled_box(box, picture.shape[0] / image.shape[0])
-            heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture.shape)
-        shape = previews.overlay_shape(image.shape)
-        small = scaled_box(box, shape[0] / image.shape[0])
-        overlays = {label: to_source_geometry(m, small, shape) for label, m in maps.items()}
         return AnalysedImage(
             analysis=analysis,
-            picture=picture,
-            source_shape=(image.shape[0], image.shape[1]),
-            heatmap=heatmap,
-            overlays=overlays,
+            picture=prepared.picture,
+            source_shape=prepared.source_shape,
+            heatmap=explanation.heatmap,
+            overlays=explanation.overlays,
         )
 
 

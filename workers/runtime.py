@@ -17,6 +17,7 @@ from workers.deliver.dicom import AssociationPool
 
 if TYPE_CHECKING:
     from workers.analysis import Analyzer
+    from workers.pipeline import Stage
 
 
 @dataclass
@@ -31,6 +32,16 @@ class WorkerContext:
     pool_instance: AssociationPool | None = None
     worker_id: str | None = None
     """This worker's name in the ledger's ``workers`` table (its Celery hostname)."""
+    pipeline_stages: list[Stage] | None = None
+
+    @property
+    def pipeline(self) -> list[Stage]:
+        """The analysis pipeline's stages over this worker's models and spool (composed once)."""
+        if self.pipeline_stages is None:
+            from workers.pipeline import compose  # torch: analysis workers only
+
+            self.pipeline_stages = compose(self.analyzer, self.spool)
+        return self.pipeline_stages
 
     @property
     def analyzer(self) -> Analyzer:

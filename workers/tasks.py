@@ -13,7 +13,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from celery import Task, shared_task
-from pydicom import dcmread
 
 from cxr_node.errors import RejectedInput, TransientError
 from cxr_node.heartbeat import Heartbeat
@@ -22,8 +21,7 @@ from cxr_node.ledger import ResultRow
 from cxr_node.logs import describe_exception, traceback_frames
 from cxr_node.queue import ANALYZE_TASK
 from cxr_node.spool import log_ref
-from workers.previews import write_previews
-from workers.results import encode_results, to_bytes
+from workers import pipeline
 from workers.runtime import WorkerContext, context
 
 log = logging.getLogger(__name__)
@@ -132,24 +130,7 @@ def _analyse_study(
 def _analyse_instance(
     ctx: WorkerContext, relative_path: str
 ) -> tuple[list[ResultRow], ImageAnalysis]:
-    try:
-        source = dcmread(ctx.spool.resolve(relative_path))
-    except FileNotFoundError:
-        raise RejectedInput("SPOOL_FILE_MISSING", "the spooled file is gone") from None
-    except Exception as exc:
-        raise RejectedInput("UNREADABLE", f"file cannot be parsed ({type(exc).__name__})") from None
-    analysed = ctx.analyzer.analyse(source)
-    write_previews(ctx.spool, relative_path, analysed)
-    rows = []
-    for kind, dataset in encode_results(source, analysed):
-        path = ctx.spool.result_path(str(source.StudyInstanceUID), str(dataset.SOPInstanceUID))
-        ctx.spool.write_atomically(path, [to_bytes(dataset)])
-        rows.append(
-            ResultRow(
-                sop_instance_uid=str(dataset.SOPInstanceUID),
-                source_sop_instance_uid=str(source.SOPInstanceUID),
-                kind=kind,
-                path=ctx.spool.relative(path),
-            )
-        )
-    return rows, analysed.analysis
+    work = pipeline.run(ctx.pipeline, ctx.spool.resolve(relative_path))
+    if work.analysed is None:
+        raise RuntimeError("the analysis pipeline ended without an analysis")
+    return work.rows, work.analysed.analysis
