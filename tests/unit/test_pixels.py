@@ -577,3 +577,74 @@ def test_distinct_levels_counts_like_unique_for_every_kind_of_pixel() -> None:
         np.array([-(2**31), 2**31 - 1], dtype=np.int32),  # a range too wide for a histogram
     ):
         assert distinct_levels(values) == len(np.unique(values))
+
+
+def _table_cases() -> list[tuple[str, np.ndarray, dict[str, object]]]:
+    chest = chest_like(120, 100)
+    outliers = chest.copy()
+    outliers[0, 0], outliers[0, 1] = 0, MAX_12_BIT
+    lut = [_lut_item([4096, 0, 16], [(i * 7) % 4096 for i in range(4096)])]  # not monotonic
+    voi = [_lut_item([4096, 0, 16], [min(4095, i // 2 + 500) for i in range(4096)])]
+    return [
+        ("percentile window", outliers, {}),
+        ("window", chest, {"WindowCenter": 2500, "WindowWidth": 1200}),
+        ("window of width 1", chest, {"WindowCenter": 2500, "WindowWidth": 1}),
+        ("sigmoid", chest, {"WindowCenter": 2500, "WindowWidth": 900, "VOILUTFunction": "SIGMOID"}),
+        (
+            "linear exact",
+            chest,
+            {"WindowCenter": 2400, "WindowWidth": 0.5, "VOILUTFunction": "LINEAR_EXACT"},
+        ),
+        ("rescale", chest, {"RescaleSlope": -0.75, "RescaleIntercept": 3000}),
+        ("modality LUT", chest, {"ModalityLUTSequence": lut}),
+        ("VOI LUT", chest, {"VOILUTSequence": voi, "WindowCenter": 1, "WindowWidth": 2}),
+        ("MONOCHROME1", chest, {"PhotometricInterpretation": "MONOCHROME1"}),
+        ("inverse", outliers, {"PresentationLUTShape": "INVERSE"}),
+        ("a few levels", (ramp() % 40) * 100, {}),
+    ]
+
+
+@pytest.mark.parametrize("case", _table_cases(), ids=lambda case: case[0])
+def test_the_table_gives_exactly_what_the_whole_image_computation_gives(
+    case: tuple[str, np.ndarray, dict[str, object]],
+) -> None:
+    _, stored, attributes = case
+    ds = make_image(stored, **attributes)
+    header = pixels.read_pixel_header(ds)
+    decoded = pixels.decode(ds)
+    by_table = pixels.display_by_table(decoded, header)
+    assert by_table.dtype == np.float32
+    assert np.array_equal(by_table, pixels.display_by_arrays(decoded, header))
+    assert np.array_equal(displayed_image(ds), by_table)  # integer MONOCHROME: the table
+
+
+def test_signed_pixels_go_through_the_table_too() -> None:
+    stored = chest_like(80, 60).astype(np.int16) - 2000
+    ds = make_image(stored.view(np.uint16), WindowCenter=-500, WindowWidth=1500)
+    ds.PixelRepresentation = 1
+    decoded = pixels.decode(ds)
+    assert decoded.dtype.kind == "i" and decoded.min() < 0
+    header = pixels.read_pixel_header(ds)
+    assert np.array_equal(
+        pixels.display_by_table(decoded, header), pixels.display_by_arrays(decoded, header)
+    )
+
+
+def test_weighted_percentiles_are_numpy_percentiles_of_the_repeated_values() -> None:
+    generator = np.random.default_rng(3)
+    values = generator.normal(size=50)
+    counts = generator.integers(0, 20, size=50)
+    counts[[3, 9]] = 0
+    repeated = np.repeat(values, counts)
+    expected = np.percentile(repeated, [0.5, 12.5, 50, 99.5])
+    got = pixels.weighted_percentiles(values, counts, (0.5, 12.5, 50, 99.5))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+
+
+def test_the_table_refuses_constant_and_few_level_images() -> None:
+    header = pixels.read_pixel_header(make_image(ramp()))
+    with pytest.raises(RejectedInput, match="no contrast"):
+        pixels.display_by_table(np.full((10, 10), 7, dtype=np.uint16), header)
+    with pytest.raises(RejectedInput) as few:
+        pixels.display_by_table((ramp() % 5).astype(np.uint16), header)
+    assert few.value.reason_code == "TOO_FEW_GREY_LEVELS"
