@@ -70,8 +70,8 @@ def heatmap_png(
         str | None, Query(max_length=64, description="the finding's label; default: the first")
     ] = None,
 ) -> FileResponse:
-    """A finding's Grad-CAM map as a colour overlay (RGBA PNG) with the picture's aspect, at most
-    256 pixels a side: the page stretches it over the picture."""
+    """A finding's Grad-CAM map as a colour overlay (palette PNG with alpha) with the picture's
+    aspect, at most 256 pixels a side: the page stretches it over the picture."""
     folder = _folder(web, ledger, study_uid, sop_instance_uid)
     if finding is None:
         explained = sorted(folder.glob("heatmap-*.png")) if folder.is_dir() else []
