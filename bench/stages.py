@@ -1,12 +1,12 @@
 """Where one full-size radiograph's analysis spends its time, stage by stage (issue 16).
 
-A synthetic 2500x2048 16-bit DX (10 MB, uncompressed; made here, not from the corpus) and,
-when the corpus is there, a full-size JPEG 2000 chest radiograph, each analysed ``--rounds``
-times in this process through the stages of the worker's pipeline (workers/pipeline.py): load (read the file), preprocess
-(decode, LUTs and window, the network's input, the 8-bit picture), infer (the ensemble's forward
-pass), explain (Grad-CAM, regions, heatmaps), score, encode (SR + SC), write (the web pictures and
-the result files). Prints the median milliseconds per stage and the share of the whole, as JSON
-and as a table.
+A synthetic 2500x2048 16-bit DX (10 MB, uncompressed; made here, not from the corpus) and, when
+the corpus is there, a full-size JPEG 2000 chest radiograph, each analysed ``--rounds`` times in
+this process through the stages of the worker's pipeline (workers/pipeline.py): load (read the
+file), preprocess (decode, LUTs and window, the network's input, the 8-bit picture), infer (the
+ensemble's forward pass), explain (Grad-CAM, regions, heatmaps), score, encode (SR + SC), write
+(the web pictures and the result files). Prints the median milliseconds per stage and the share
+of the whole, as JSON and as a table.
 
     .venv/bin/python bench/stages.py [--rounds 5] [--threads 2]
 """

@@ -1,15 +1,15 @@
 """Pictures for the web app's study page: the radiograph as displayed (windowed, at most
 ``PREVIEW_SIDE`` pixels a side, 8-bit PNG) and, per explained finding, its Grad-CAM map with the
-same aspect as a colour overlay with transparency (palette PNG with alpha, at most ``OVERLAY_SIDE`` pixels a
-side: a Grad-CAM map is smooth, and the page stretches it over the picture). They are derived
-data, not DICOM: written next to the results (``<study>/previews/<image>/``), removed with the
-study's files by spool retention, never delivered.
+same aspect as a colour overlay with transparency (palette PNG with alpha, at most
+``OVERLAY_SIDE`` pixels a side: a Grad-CAM map is smooth, and the page stretches it over the
+picture). They are derived data, not DICOM: written next to the results
+(``<study>/previews/<image>/``), removed with the study's files by spool retention, never
+delivered.
 
 They are written for every analysed image, so they are made fast: PNG at zlib level 1, the
 colour ramp as a 256-entry palette, small overlays, one downscaled picture shared with the SC
-(issue 16: at 1024 pixels, RGBA and zlib level 6 they took 0.6-0.8 s of a full-size
-radiograph's 0.9-1.0 s).
-"""
+(issue 16: at 1024 pixels, RGBA and zlib level 6 they took 0.6-0.8 s of a full-size radiograph's
+0.9-1.0 s)."""
 
 from __future__ import annotations
 
