@@ -5,7 +5,8 @@ the corpus is there, a full-size JPEG 2000 chest radiograph, each analysed ``--r
 this process through the stages of the worker's pipeline (workers/pipeline.py): load (read the
 file), preprocess (decode, LUTs and window, the network's input, the 8-bit picture), infer (the
 ensemble's forward pass), explain (Grad-CAM, regions, heatmaps), score, encode (SR + SC), write
-(the web pictures and the result files). Prints the median milliseconds per stage and the share
+(the web pictures and the result files); the JPEG 2000 image also with
+``jpeg2000_reduced_decode``. Prints the median milliseconds per stage and the share
 of the whole, as JSON and as a table.
 
     .venv/bin/python bench/stages.py [--rounds 5] [--threads 2]
@@ -65,15 +66,23 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="cxr-stages-"))
     write_demo_bundles(work / "models")
-    analyzer = analysis.Analyzer(Settings(data_dir=work, models_dir=work / "models"))
+    settings = Settings(data_dir=work, models_dir=work / "models")
+    analyzer = analysis.Analyzer(settings)
     spool = Spool(work / "spool")
     stages = pipeline.compose(analyzer, spool)
-    images = {"synthetic DX 2500x2048 16-bit": _synthetic(work)}
+    images = {"synthetic DX 2500x2048 16-bit": (_synthetic(work), stages)}
     corpus = Path(os.environ.get("CXR_CORPUS", REPO.parent / "shared" / "cxr-corpus"))
     if (corpus / JPEG2000_CHEST).is_file():
-        images["JPEG 2000 " + JPEG2000_CHEST] = corpus / JPEG2000_CHEST
+        images["JPEG 2000 " + JPEG2000_CHEST] = (corpus / JPEG2000_CHEST, stages)
+        reducing = analysis.Analyzer(
+            settings.model_copy(update={"jpeg2000_reduced_decode": True}), analyzer.ensemble
+        )
+        images["JPEG 2000, jpeg2000_reduced_decode"] = (
+            corpus / JPEG2000_CHEST,
+            pipeline.compose(reducing, spool),
+        )
     report: dict[str, Any] = {"machine": platform.platform(), "threads": args.threads}
-    for name, path in images.items():
+    for name, (path, stages) in images.items():
         _stages(stages, spool, path)  # warm-up
         rounds = [_stages(stages, spool, path) for _ in range(args.rounds)]
         medians = {stage: statistics.median(r[stage] for r in rounds) for stage in rounds[0]}

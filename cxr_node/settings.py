@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         default=5.0, ge=0.0, le=1000.0, description="how long a batch waits for more images"
     )
+    jpeg2000_reduced_decode: bool = Field(
+        default=False,
+        description="decode JPEG 2000 images at a reduced resolution level (about 3x faster); "
+        "off by default: the display's range then comes from fewer pixels, so what the model "
+        "sees differs slightly from a full decode (docs/benchmarks.md, issue 16)",
+    )
     gradcam_top_k: int = Field(
         default=3, ge=0, le=18, description="Grad-CAM also for the k highest-ranked findings"
     )

@@ -25,6 +25,13 @@ from workers.ensemble import Ensemble, Inference
 
 REGION_LEVEL = 0.6
 """Fraction of the heatmap peak that bounds the hottest region."""
+REDUCED_MIN_SIDE = 896
+"""With ``jpeg2000_reduced_decode``, a JPEG 2000 image is decoded at the coarsest resolution
+level whose longer side is at least this: the network reads far fewer pixels anyway, and the web
+picture and the SC (at most 1024 pixels a side, not for diagnosis) are enlarged by at most 14 %.
+Off by default: the display is normalised by its range after the window, and a reduced level's
+range differs (averaging narrows it; the wavelet's ringing at a hard edge widens it), so the
+model's input differs slightly from a full decode's, and from what ``models evaluate`` sees."""
 
 
 @dataclass
@@ -51,8 +58,12 @@ class Prepared:
     sop_instance_uid: str
     model_input: torch.Tensor
     box: pixels.SquareBox
-    """Where the network's square sits in the source image."""
+    """Where the network's square sits in the analysed image."""
+    image_shape: tuple[int, int]
+    """The analysed image's (rows, columns): the source's, or fewer at a reduced JPEG 2000
+    resolution level."""
     source_shape: tuple[int, int]
+    """The source's (rows, columns): the frame of the findings' regions."""
     picture: np.ndarray
 
 
@@ -75,6 +86,7 @@ class Analyzer:
         self.critical_findings = list(settings.critical_findings)
         self.score_method = settings.abnormality_score
         self.min_grey_levels = settings.eligibility.min_grey_levels
+        self.reduced_min_side = REDUCED_MIN_SIDE if settings.jpeg2000_reduced_decode else None
         self._max_batch = settings.max_batch
         self._max_batch_wait_ms = settings.max_batch_wait_ms
         self.batch_for(settings.analysis_concurrency or 1)
@@ -106,14 +118,16 @@ class Analyzer:
         """Pixels to what the later stages need: the displayed image (PS3.3 C.11 LUTs) as the
         network's input and as the 8-bit picture; the full-size image is not kept."""
         sop_instance_uid = identity_uid(dataset, "SOPInstanceUID")  # what the analysis is of
-        image = pixels.displayed_image(dataset, self.min_grey_levels)
+        image = pixels.displayed_image(dataset, self.min_grey_levels, self.reduced_min_side)
+        source_shape = (int(dataset.Rows), int(dataset.Columns))  # valid: the image decoded
         batch, box = self.model_input(image)
         return Prepared(
             sop_instance_uid=sop_instance_uid,
             model_input=batch,
             box=box,
-            source_shape=(image.shape[0], image.shape[1]),
-            picture=previews.picture_of(image),
+            image_shape=(image.shape[0], image.shape[1]),
+            source_shape=source_shape,
+            picture=previews.picture_of(image, source_shape),
         )
 
     def infer(self, prepared: Prepared) -> Inference:
@@ -132,14 +146,17 @@ class Analyzer:
         explained = list({p.label: p for p in positives + ranked[: self.top_k]}.values())
         maps = self.ensemble.gradcam(inference, [p.label for p in explained])
         size = self.ensemble.preprocessing.size
-        box, shape = prepared.box, prepared.source_shape
-        regions = {label: to_source_region(m, box, size, shape) for label, m in maps.items()}
+        box, shape = prepared.box, prepared.image_shape
+        regions = {
+            label: to_source_region(m, box, size, shape, prepared.source_shape)
+            for label, m in maps.items()
+        }
         heatmap = None
         if positives:
             picture_shape = (prepared.picture.shape[0], prepared.picture.shape[1])
             at_picture = scaled_box(box, picture_shape[0] / shape[0])
             heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture_shape)
-        small_shape = previews.overlay_shape(shape)
+        small_shape = previews.overlay_shape(prepared.source_shape)
         small = scaled_box(box, small_shape[0] / shape[0])
         overlays = {label: to_source_geometry(m, small, small_shape) for label, m in maps.items()}
         return Explanation(regions=regions, heatmap=heatmap, overlays=overlays)
@@ -195,19 +212,31 @@ def to_source_geometry(
 
 
 def to_source_region(
-    heatmap: np.ndarray, box: pixels.SquareBox, size: int, shape: tuple[int, ...]
+    heatmap: np.ndarray,
+    box: pixels.SquareBox,
+    size: int,
+    shape: tuple[int, ...],
+    source_shape: tuple[int, ...] | None = None,
 ) -> Region | None:
-    """The hottest region of a model-resolution map, as a box in source pixel coordinates."""
+    """The hottest region of a model-resolution map, as a box in source pixel coordinates
+    (``box`` and ``shape`` are the analysed image's; ``source_shape`` the source's when the
+    image was decoded at a reduced resolution)."""
     region = hottest_region(heatmap)
     if region is None:
         return None
     scale = box.side / size
     height, width = shape[0], shape[1]
+    source_height, source_width = source_shape[:2] if source_shape else (height, width)
+    x_scale, y_scale = source_width / width, source_height / height
+
+    def x(value: float) -> float:
+        return min(max((box.x0 + value * scale) * x_scale, 0.0), source_width)
+
+    def y(value: float) -> float:
+        return min(max((box.y0 + value * scale) * y_scale, 0.0), source_height)
+
     return Region(
-        x_min=min(max(box.x0 + region.x_min * scale, 0.0), width),
-        y_min=min(max(box.y0 + region.y_min * scale, 0.0), height),
-        x_max=min(max(box.x0 + region.x_max * scale, 0.0), width),
-        y_max=min(max(box.y0 + region.y_max * scale, 0.0), height),
+        x_min=x(region.x_min), y_min=y(region.y_min), x_max=x(region.x_max), y_max=y(region.y_max)
     )
 
 

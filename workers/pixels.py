@@ -16,6 +16,7 @@ import numpy as np
 from pydicom import Dataset
 
 from cxr_node.errors import RejectedInput
+from workers import jpeg2000
 
 BAD_PIXEL_MODULE = "BAD_PIXEL_MODULE"
 """Reason code: an Image Pixel / Modality LUT attribute the pipeline needs is missing, not a
@@ -379,14 +380,22 @@ def voi_values(values: np.ndarray, header: PixelHeader) -> np.ndarray:
     return percentile_window(values)
 
 
-def displayed_image(dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS) -> np.ndarray:
-    """The image as a reader sees it: float32 [0, 1], bright = dense, source geometry."""
+def displayed_image(
+    dataset: Dataset, min_grey_levels: int = MIN_GREY_LEVELS, min_side: int | None = None
+) -> np.ndarray:
+    """The image as a reader sees it: float32 [0, 1], bright = dense, source geometry.
+
+    With ``min_side``, a JPEG 2000 image may come at a reduced resolution level whose longer
+    side is at least that (:mod:`workers.jpeg2000`): the same field of view, fewer pixels."""
     header = read_pixel_header(dataset)
     photometric = header.photometric
     if photometric not in SUPPORTED_PHOTOMETRIC:
         # PALETTE COLOR indices, for instance, are not intensities.
         raise RejectedInput("PHOTOMETRIC", "unsupported photometric interpretation")
-    pixels = to_grayscale(decode(dataset), photometric)
+    reduced = None
+    if min_side is not None and photometric.startswith("MONOCHROME"):
+        reduced = jpeg2000.decode_reduced(dataset, min_side)
+    pixels = reduced if reduced is not None else to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
     if photometric.startswith("MONOCHROME") and _table_fits(pixels):

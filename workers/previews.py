@@ -63,12 +63,14 @@ def _overlay_table() -> np.ndarray:
 _OVERLAY_TABLE = _overlay_table()
 
 
-def picture_of(display: np.ndarray) -> np.ndarray:
+def picture_of(display: np.ndarray, source_shape: tuple[int, int] | None = None) -> np.ndarray:
     """The displayed radiograph ([0, 1], source geometry) as the 8-bit picture that the web page
     and the SC are drawn from: scaled down to :func:`preview_shape` with an antialiased
     (triangle) filter, once per image (on a 2500x2048 image 10 ms, where Lanczos on the 8-bit
-    full-size image took 35 ms, and the web picture and the SC each made their own)."""
-    shape = preview_shape(display.shape)
+    full-size image took 35 ms, and the web picture and the SC each made their own). With
+    ``source_shape``, the display is the source at a reduced resolution, and the picture has the
+    source's preview shape."""
+    shape = preview_shape(source_shape or display.shape)
     if shape != display.shape[:2]:
         tensor = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
         small = F.interpolate(tensor, size=shape, mode="bilinear", antialias=True)
