@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydicom import dcmread
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -35,10 +34,9 @@ sys.path.insert(0, str(REPO))
 from cxr_node.settings import Settings  # noqa: E402
 from cxr_node.spool import Spool  # noqa: E402
 from tests.unit._synthetic import make_dx_chest  # noqa: E402
+from workers import pipeline  # noqa: E402
 from workers.analysis import Analyzer  # noqa: E402
 from workers.bundles import write_demo_bundles  # noqa: E402
-from workers.previews import write_previews  # noqa: E402
-from workers.results import encode_results  # noqa: E402
 
 
 def model_only(analyzer: Analyzer, batch: int, bf16: bool, seconds: float) -> float:
@@ -66,12 +64,9 @@ def model_only(analyzer: Analyzer, batch: int, bf16: bool, seconds: float) -> fl
     return done / (time.perf_counter() - started)
 
 
-def analyse_file(analyzer: Analyzer, path: Path, spool: Spool) -> None:
-    """One image as the worker analyses it (without the ledger and the queue)."""
-    source = dcmread(path)
-    analysed = analyzer.analyse(source)
-    encode_results(source, analysed)
-    write_previews(spool, "bench/x.dcm", analysed)
+def analyse_file(stages: list[pipeline.Stage], path: Path) -> None:
+    """One spooled image through the worker's pipeline (without the ledger and the queue)."""
+    pipeline.run(stages, path)
 
 
 def main() -> int:
@@ -93,7 +88,6 @@ def main() -> int:
     )  # fmt: skip
     analyzer = Analyzer(settings)
     spool = Spool(work / "spool")
-    (work / "spool" / "bench").mkdir(parents=True)
     device = analyzer.ensemble.device
     report: dict[str, Any] = {
         "machine": platform.platform(),
@@ -108,13 +102,16 @@ def main() -> int:
             report["model_only_images_per_s"][key] = round(
                 model_only(analyzer, batch, bf16, args.seconds), 1
             )
-    image = work / "synthetic-dx-2500x2048.dcm"
-    make_dx_chest(2500, 2048).save_as(image, enforce_file_format=True)
-    analyse_file(analyzer, image, spool)  # warm-up
+    source = make_dx_chest(2500, 2048)
+    image = spool.instance_path(str(source.StudyInstanceUID), str(source.SOPInstanceUID))
+    image.parent.mkdir(parents=True, exist_ok=True)
+    source.save_as(image, enforce_file_format=True)
+    stages = pipeline.compose(analyzer, spool)
+    analyse_file(stages, image)  # warm-up
     latencies = []
     for _ in range(10 if not args.quick else 2):
         started = time.perf_counter()
-        analyse_file(analyzer, image, spool)
+        analyse_file(stages, image)
         latencies.append(time.perf_counter() - started)
     report["single_image_s"] = {
         "p50": round(statistics.median(latencies), 3),
@@ -123,7 +120,7 @@ def main() -> int:
     analyzer.batch_for(args.threads)
     started = time.perf_counter()
     with ThreadPoolExecutor(args.threads) as pool:
-        list(pool.map(lambda _i: analyse_file(analyzer, image, spool), range(args.images)))
+        list(pool.map(lambda _i: analyse_file(stages, image), range(args.images)))
     elapsed = time.perf_counter() - started
     batcher = analyzer.batcher
     report["analysis"] = {

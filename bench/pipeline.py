@@ -8,9 +8,10 @@
    the last SR + SC pair is stored, and over the middle 80 % of deliveries (sustained rate).
 3. Model-only: the same ensemble in a fresh process, on the same image preprocessed once:
    forward pass and Grad-CAM for the same findings the worker explains (every positive and the
-   top ``gradcam_top_k``), batch of one, as one stream with every core and as one stream per
-   core with a thread each; the faster is the reference. Measured before and after the
-   pipeline runs, in the same run.
+   top ``gradcam_top_k``): batch of one as one stream with every core and as one stream per
+   core with a thread each, and batches of 4 and 8 with every core (one forward pass per
+   member for the batch, Grad-CAM per image); the fastest is the reference. Measured before
+   and after the pipeline runs, in the same run.
 
 Each study is a copy of a corpus chest radiograph with fresh UIDs, in a temp folder (never in the
 repository). Usage:
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -114,6 +116,31 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have been waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_cpu(work: Path, warmup: Path, env: dict[str, str], seconds: float) -> dict[str, float]:
+    """CPU of each node process (per cent of one core) while idle, after one study."""
+    destination = Destination(work / "idle-received")
+    node = Node(work / "idle", env, destination)
+    try:
+        storescu(node.port, warmup)
+        wait_count(destination, 2, 120, node.log)
+        time.sleep(2)  # the study's own tail (delivery bookkeeping) is over
+        watched = node.processes()
+        before = {name: cpu_seconds(pid) for name, pid in watched.items()}
+        time.sleep(seconds)
+        return {
+            name: 100 * (cpu_seconds(pid) - before[name]) / seconds for name, pid in watched.items()
+        }
+    finally:
+        node.stop()
+        destination.stop()
+
+
 def wait_count(destination: Destination, expected: int, timeout: float, log: Path) -> None:
     deadline = time.monotonic() + timeout
     while destination.count() < expected:
@@ -163,6 +190,7 @@ def throughput(
         watched = node.processes() | {"destination storescp": destination.process.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in watched.items()}
         arrivals: list[float] = []
+        children_before = children_cpu()
         began = time.monotonic()
         sender = subprocess.Popen(
             ["/usr/bin/storescu", "-aec", "CXR_NODE", "127.0.0.1", str(node.port)]
@@ -184,6 +212,7 @@ def throughput(
         cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in watched.items()}
         if sender.wait(60) != 0:
             raise RuntimeError("storescu failed")
+        cpu["sender storescu"] = children_cpu() - children_before  # reaped just now
         total = arrivals[-1]
         first, last = round(0.1 * len(arrivals)), round(0.9 * len(arrivals)) - 1
         sustained = 60 * (last - first) / (arrivals[last] - arrivals[first])
@@ -216,6 +245,7 @@ def model_only_worker(image: Path, repeats: int) -> None:
     from cxr_node.settings import load_settings
     from workers import pixels, scoring
     from workers.analysis import Analyzer
+    from workers.ensemble import Inference
 
     settings = load_settings(data_dir=Path(os.environ["CXR_BENCH_DATA_DIR"]))
     analyzer = Analyzer(settings)
@@ -223,7 +253,9 @@ def model_only_worker(image: Path, repeats: int) -> None:
     batch, _box = analyzer.model_input(displayed)
 
     def one() -> None:
-        inference = analyzer.ensemble.infer(batch)
+        explain(analyzer.ensemble.infer(batch))
+
+    def explain(inference: Inference) -> None:
         ranked = sorted(
             inference.predictions,
             key=lambda p: scoring.normalised_probability(p.probability, p.threshold),
@@ -232,6 +264,21 @@ def model_only_worker(image: Path, repeats: int) -> None:
         positives = [p.label for p in ranked if p.positive]
         explained = list(dict.fromkeys(positives + [p.label for p in ranked[: analyzer.top_k]]))
         analyzer.ensemble.gradcam(inference, explained)
+
+    def batched(size: int) -> float:
+        torch.set_num_threads(os.cpu_count() or 1)
+        images = torch.cat([batch] * size)
+        rounds = max(1, repeats // size)
+
+        def once() -> None:
+            for inference in analyzer.ensemble.infer_many(images):
+                explain(inference)
+
+        once()
+        began = time.perf_counter()
+        for _ in range(rounds):
+            once()
+        return 60 * size * rounds / (time.perf_counter() - began)
 
     def streams(count: int, threads: int) -> float:
         torch.set_num_threads(threads)
@@ -252,6 +299,8 @@ def model_only_worker(image: Path, repeats: int) -> None:
     rates = {f"1 stream x {cores} threads": streams(1, cores)}
     if cores > 1:
         rates[f"{cores} streams x 1 thread"] = streams(cores, 1)
+    for size in (4, 8):
+        rates[f"batches of {size} x {cores} threads"] = batched(size)
     print(json.dumps(rates))
 
 
@@ -265,6 +314,7 @@ def main() -> int:
         help=f"corpus-relative path, or {SYNTHETIC_FULL_SIZE} (a 2500x2048 16-bit DX made here)",
     )
     parser.add_argument("--repeats", type=int, default=200, help="model-only forward passes")
+    parser.add_argument("--idle", type=float, default=0, help="seconds of idle CPU measured")
     parser.add_argument("--keep-work", action="store_true", help="keep the temp folder (logs)")
     parser.add_argument("--model-only-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,9 +352,17 @@ def main() -> int:
             print(
                 f"latency, one study at a time (n={len(times)}): "
                 f"p50 {statistics.median(times):.2f} s, p95 {percentile(times, 0.95):.2f} s, "
-                f"max {max(times):.2f} s (targets p50 <= 1.5 s, p95 <= 2.5 s)"
+                f"max {max(times):.2f} s (targets p50 <= 1.0 s, p95 <= 1.5 s)"
             )
             print("  resident after: " + ", ".join(f"{k} {v:.0f} MB" for k, v in sizes.items()))
+        if args.idle:
+            (work / "idle").mkdir()
+            warmup = make_copies(source, 1, work / "idle")[0]
+            idle = idle_cpu(work, warmup, env, args.idle)
+            print(
+                f"idle for {args.idle:.0f} s after one study: "
+                + ", ".join(f"{k} {v:.1f} % of a core" for k, v in idle.items())
+            )
         if args.throughput:
             (work / "throughput").mkdir()
             copies = make_copies(source, args.throughput + 1, work / "throughput")
@@ -320,7 +378,7 @@ def main() -> int:
             print(
                 f"  against the best model-only configuration ({best:.0f}/min, mean of before "
                 f"and after): overall {overall / best:.2f}, sustained {sustained / best:.2f} "
-                f"(target >= 0.7)"
+                f"(target >= 0.8)"
             )
             print("  peak resident: " + ", ".join(f"{k} {v:.0f} MB" for k, v in peak.items()))
             print(
