@@ -40,6 +40,7 @@ print(f"{report['device']}, torch {report['torch']}, {report['cpu_cores']} cores
 for key, value in report["model_only_images_per_s"].items():
     print(f"  model-only {key}: {value * 60:.0f} images/min")
 print(f"  one full-size image: p50 {report['single_image_s']['p50']} s")
+print(f"  largest probability difference to the CPU: {report['max_probability_difference_to_cpu']}")
 a = report["analysis"]
 print(f"  analysis of {a['images']} full-size images, {a['threads']} threads: "
       f"{a['images_per_min']} images/min, mean batch {a['mean_batch']}, "

@@ -6,6 +6,7 @@ it is tested where no GPU is. Writes ``--out/gpu.json`` and prints a short summa
 
 - model-only: the two-member DenseNet-121 ensemble at 224 (forward pass and Grad-CAM maps),
   batches of 1, 8, 32 and 64, float32 and bf16 autocast, channels_last on CUDA;
+- agreement: the largest probability difference between CUDA (float32, bf16) and the CPU;
 - analysis, one image at a time: read, decode, display, infer, explain, score, SR + SC
   encoding, pictures (the worker's functions), synthetic 2500x2048 16-bit DX;
 - analysis throughput: ``--images`` such images by ``--threads`` analysis threads sharing one
@@ -15,6 +16,7 @@ it is tested where no GPU is. Writes ``--out/gpu.json`` and prints a short summa
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ from tests.unit._synthetic import make_dx_chest  # noqa: E402
 from workers import pipeline  # noqa: E402
 from workers.analysis import Analyzer  # noqa: E402
 from workers.bundles import write_demo_bundles  # noqa: E402
+from workers.ensemble import Ensemble, LoadedMember  # noqa: E402
 
 
 def model_only(analyzer: Analyzer, batch: int, bf16: bool, seconds: float) -> float:
@@ -62,6 +65,31 @@ def model_only(analyzer: Analyzer, batch: int, bf16: bool, seconds: float) -> fl
         once()
         done += batch
     return done / (time.perf_counter() - started)
+
+
+def agreement(analyzer: Analyzer) -> dict[str, float]:
+    """Largest difference of a probability between the ensemble on CUDA (float32, and bf16
+    autocast) and the same networks on the CPU, over four random inputs."""
+    ensemble = analyzer.ensemble
+    if ensemble.device.type != "cuda":
+        return {}
+    size = ensemble.preprocessing.size
+    generator = torch.Generator().manual_seed(16)
+    images = torch.rand(4, 1, size, size, generator=generator) * 2048 - 1024
+    cpu_members = [
+        LoadedMember(m.bundle, m.weight, copy.deepcopy(m.network).to("cpu"))
+        for m in ensemble.members
+    ]
+    reference = Ensemble(cpu_members, torch.device("cpu")).infer_many(images)
+    found = {}
+    for bf16 in (False, True):
+        answers = Ensemble(ensemble.members, ensemble.device, bf16=bf16).infer_many(images)
+        found["bf16" if bf16 else "float32"] = max(
+            abs(a.probability - b.probability)
+            for answer, expected in zip(answers, reference, strict=True)
+            for a, b in zip(answer.predictions, expected.predictions, strict=True)
+        )
+    return found
 
 
 def analyse_file(stages: list[pipeline.Stage], path: Path) -> None:
@@ -102,6 +130,7 @@ def main() -> int:
             report["model_only_images_per_s"][key] = round(
                 model_only(analyzer, batch, bf16, args.seconds), 1
             )
+    report["max_probability_difference_to_cpu"] = agreement(analyzer)
     source = make_dx_chest(2500, 2048)
     image = spool.instance_path(str(source.StudyInstanceUID), str(source.SOPInstanceUID))
     image.parent.mkdir(parents=True, exist_ok=True)

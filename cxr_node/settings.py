@@ -128,6 +128,11 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(
         default=5.0, ge=0.0, le=1000.0, description="how long a batch waits for more images"
     )
+    inference_bf16: bool = Field(
+        default=False,
+        description="on CUDA, run the forward pass in bf16 autocast (faster); off by default: "
+        "thresholds are chosen on float32 outputs, and bf16 moves probabilities slightly",
+    )
     jpeg2000_reduced_decode: bool = Field(
         default=False,
         description="decode JPEG 2000 images at a reduced resolution level (about 3x faster); "

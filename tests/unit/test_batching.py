@@ -93,3 +93,34 @@ def test_batches_are_off_on_a_cpu_and_as_wide_as_the_concurrency_on_a_gpu() -> N
     assert default_max_batch(None, torch.device("cpu"), 3) == 1
     assert default_max_batch(None, torch.device("cuda"), 16) == 16
     assert default_max_batch(4, torch.device("cuda"), 16) == 4
+
+
+def test_bf16_is_for_cuda_only_and_a_cpu_batch_stays_as_it_is() -> None:
+    from workers.ensemble import to_device
+
+    ensemble = _ensemble()
+    assert not Ensemble(ensemble.members, torch.device("cpu"), bf16=True).bf16
+    batch = torch.rand(2, 1, 64, 64)
+    assert to_device(batch, torch.device("cpu")) is batch
+
+
+@pytest.mark.gpu
+def test_on_cuda_the_answers_are_the_cpu_answers() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    from workers.ensemble import to_device
+
+    cpu = _ensemble()
+    cuda = torch.device("cuda")
+    members = [
+        LoadedMember(m.bundle, m.weight, m.network.to(cuda, memory_format=torch.channels_last))
+        for m in _ensemble().members
+    ]
+    images = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(3)) * 2048 - 1024
+    moved = to_device(images, cuda)
+    assert moved.is_cuda and moved.is_contiguous(memory_format=torch.channels_last)
+    expected = [_probabilities(i) for i in cpu.infer_many(images)]
+    for bf16, tolerance in ((False, 1e-3), (True, 0.03)):
+        got = Ensemble(members, cuda, bf16=bf16).infer_many(images)
+        for answer, reference in zip(got, expected, strict=True):
+            assert _probabilities(answer) == pytest.approx(reference, abs=tolerance)
