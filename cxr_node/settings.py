@@ -135,7 +135,7 @@ class Settings(BaseSettings):
     )
     jpeg2000_reduced_decode: bool = Field(
         default=False,
-        description="decode JPEG 2000 images at a reduced resolution level (about 3x faster); "
+        description="decode JPEG 2000 images at a reduced resolution level (about 2.5x faster); "
         "off by default: the display's range then comes from fewer pixels, so what the model "
         "sees differs slightly from a full decode (docs/benchmarks.md, issue 16)",
     )
