@@ -83,7 +83,7 @@ def quiet_pydicom_warnings() -> None:
     every distinct warning text, and these texts carry header values, so a long-running
     worker would collect them). pydicom's own logger, which repeats them, is held at ERROR by
     :func:`configure_logging`. Values are still validated; invalid source values are handled
-    where they matter (``workers.encode.sr.header_view``), and our outputs are checked with
+    where they matter (``workers.encode.header.header_view``), and our outputs are checked with
     dciodvfy in the tests."""
     warnings.filterwarnings("ignore", category=UserWarning, module=PYDICOM_WARNINGS)
 

@@ -20,7 +20,7 @@ from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
 from workers import pixels, preprocess, previews, scoring
 from workers.batching import InferenceBatcher, default_max_batch
-from workers.encode.sr import identity_uid
+from workers.encode.header import identity_uid
 from workers.ensemble import Ensemble, Inference
 
 REGION_LEVEL = 0.6

@@ -14,10 +14,11 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from workers.encode.copies import clone
+from workers.encode.header import header_view
 from workers.encode.notice import build_not_analysed_report, node_device
 from workers.encode.part10 import to_part10
 from workers.encode.sc import build_heatmap_sc
-from workers.encode.sr import build_measurement_report, header_view
+from workers.encode.sr import build_measurement_report
 
 if TYPE_CHECKING:
     from workers.analysis import AnalysedImage

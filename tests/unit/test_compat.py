@@ -27,8 +27,9 @@ from cxr_node.jobs import ImageAnalysis
 from tests.unit._synthetic import corpus_file, crude_display, make_analysis, make_dx_chest
 from workers.encode import part10
 from workers.encode.copies import clone, clone_element
+from workers.encode.header import header_view
 from workers.encode.sc import build_heatmap_sc
-from workers.encode.sr import build_measurement_report, header_view
+from workers.encode.sr import build_measurement_report
 from workers.results import encode_notice
 
 _LIBRARIES = ("PYDICOM", "HIGHDICOM", "PYNETDICOM", "KOMBU")

@@ -25,6 +25,7 @@ from tests.unit._synthetic import (
     make_analysis,
     make_dx_chest,
 )
+from workers.encode.header import header_view, restore_verbatim
 from workers.encode.sr import (
     AI_CONTRIBUTION,
     COMMENT,
@@ -35,9 +36,7 @@ from workers.encode.sr import (
     _fast_report,
     ai_equipment,
     build_measurement_report,
-    header_view,
     private_coding_schemes,
-    restore_verbatim,
     series_description,
 )
 from workers.encode.sr import _report as _highdicom_report

@@ -16,14 +16,13 @@ from pydicom.uid import generate_uid
 
 from cxr_node import __version__
 from cxr_node.jobs import ModelInfo
+from workers.encode.header import header_view, restore_verbatim
 from workers.encode.sr import (
     MANUFACTURER,
     PRIVATE_SCHEME,
     PROCEDURE_CHEST_XR,
     comprehensive_sr,
-    header_view,
     observation_context,
-    restore_verbatim,
     series_description,
     text_evaluation,
 )

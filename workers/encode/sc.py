@@ -24,14 +24,8 @@ from cxr_node.jobs import ImageAnalysis
 from workers.pixels import fit_within
 
 from .copies import clone
-from .sr import (
-    AI_CONTRIBUTION,
-    MANUFACTURER,
-    ai_equipment,
-    header_view,
-    restore_verbatim,
-    series_description,
-)
+from .header import header_view, restore_verbatim
+from .sr import AI_CONTRIBUTION, MANUFACTURER, ai_equipment, series_description
 
 MAX_SIDE = 1024
 """Long side of the whole SC, band included, at most this many pixels."""
