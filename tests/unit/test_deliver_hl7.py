@@ -300,3 +300,32 @@ def test_a_study_that_was_not_analysed_gets_an_oru_saying_why_when_configured(
     assert str(obx[2]) == "ST" and "PIXELS" in str(obx[5]) and "decoded" in str(obx[5])
     quiet = _destination(9, not_analysed=False)
     assert compose(_context(ledger, spool, quiet), quiet, row) is None  # type: ignore[arg-type]
+
+
+def test_a_name_lookup_that_hangs_costs_the_timeout_not_the_lookup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import socket
+    import threading
+    import time
+
+    from workers.deliver.hl7 import send_message
+    from workers.deliver.policy import DestinationUnreachable
+
+    released = threading.Event()
+    real_lookup = socket.getaddrinfo
+
+    def hanging_lookup(host: str, *args: object, **kwargs: object) -> object:
+        if host == "ris.invalid":
+            released.wait(30)  # a DNS server that does not answer
+        return real_lookup(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", hanging_lookup)
+    destination = _destination(2575, host="ris.invalid", timeout_seconds=0.5)
+    started = time.monotonic()
+    try:
+        with pytest.raises(DestinationUnreachable, match="acknowledgement in time"):
+            send_message(destination, "MSH|^~\\&|CXR|NODE|RIS|HOSP|20261204||ORU^R01|C1|P|2.5.1")
+        assert time.monotonic() - started < 5  # asyncio.run waited for the lookup: 30 s
+    finally:
+        released.set()

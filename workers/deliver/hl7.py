@@ -15,7 +15,9 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import hl7
 from hl7.mllp import InvalidBlockError, open_hl7_connection
@@ -29,6 +31,8 @@ from workers.encode import hl7 as oru
 from workers.runtime import WorkerContext
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SENT_PREFIX = "hl7:"
 """How an acknowledged message is recorded among the delivery's sent instances."""
@@ -146,11 +150,29 @@ async def _exchange(destination: Hl7Destination, message: str) -> hl7.Message:
             await asyncio.wait_for(writer.wait_closed(), 2.0)
 
 
+def run_within(coroutine: Coroutine[Any, Any, T], deadline: float) -> T:
+    """Run ``coroutine`` on a fresh event loop for at most ``deadline`` seconds.
+
+    Unlike ``asyncio.run``, which waits at its end for the loop's executor threads, this does
+    not wait for a name lookup (``getaddrinfo`` runs in such a thread) that hangs past the
+    deadline: that thread is left to finish on its own, and TimeoutError is raised on time."""
+    loop = asyncio.new_event_loop()
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-lookup")
+    loop.set_default_executor(executor)
+    try:
+        return loop.run_until_complete(asyncio.wait_for(coroutine, deadline))
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+
+
 def send_message(destination: Hl7Destination, message: str) -> None:
     """Send one message and read its acknowledgement; raise as the delivery policy says."""
     control = oru.control_of(message)
+    deadline = 3 * destination.timeout_seconds + 2.0  # connect, send, answer, close
     try:
-        ack = asyncio.run(_exchange(destination, message))
+        ack = run_within(_exchange(destination, message), deadline)
     except TimeoutError:
         raise DestinationUnreachable("no HL7 acknowledgement in time") from None
     except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
