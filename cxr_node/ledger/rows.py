@@ -115,6 +115,14 @@ class StudyAttributes:
     modality: str | None = None
     body_part: str | None = None
     view_position: str | None = None
+    issuer_of_patient_id: str | None = None
+    placer_order_number: str | None = None
+    filler_order_number: str | None = None
+    requested_procedure_priority: str | None = None
+    requested_procedure_description: str | None = None
+    requested_procedure_code_json: str | None = None
+    """The order (PS3.3 C.4.10 Request Attributes, C.7.3.1): what an HL7 result message needs
+    once the source files are gone (since 0008); the code as JSON (value, scheme, meaning)."""
 
     def __repr__(self) -> str:
         return "StudyAttributes(<patient data not shown>)"

@@ -159,8 +159,15 @@ study_attributes = sa.Table(
     sa.Column("body_part", sa.Text),
     sa.Column("view_position", sa.Text),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("issuer_of_patient_id", sa.Text),
+    sa.Column("placer_order_number", sa.Text),
+    sa.Column("filler_order_number", sa.Text),
+    sa.Column("requested_procedure_priority", sa.Text),
+    sa.Column("requested_procedure_description", sa.Text),
+    sa.Column("requested_procedure_code_json", sa.Text),
 )
-"""Patient and study attributes a worklist shows (since 0002). Never logged, never in metrics."""
+"""Patient and study attributes a worklist shows (since 0002), and the order's (since 0008).
+Never logged, never in metrics."""
 
 workers = sa.Table(
     "workers",

@@ -15,10 +15,12 @@ import hl7
 import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
+from pydicom import Dataset
 
 from cxr_node.destination_kinds import Hl7Destination
+from cxr_node.dicom.attributes import read_study_attributes
 from cxr_node.jobs import CodedConcept, Finding, ImageAnalysis, ModelInfo, Priority
-from cxr_node.ledger import DeliveryState, Ledger, StudyAttributes
+from cxr_node.ledger import DeliveryState, Ledger
 from cxr_node.settings import Settings
 from cxr_node.spool import Spool
 from tests.mllp import MllpListener
@@ -74,9 +76,18 @@ def _pneumothorax(probability: float) -> Finding:
     )
 
 
-def _receive(ledger: Ledger, spool: Spool, key: str, order_priority: str | None = None) -> None:
-    """A study's source image in the spool (with its order) and the ledger."""
+def _receive(
+    ledger: Ledger,
+    spool: Spool,
+    key: str,
+    order_priority: str | None = None,
+    **header: object,
+) -> None:
+    """A study's source image in the spool (with its order, and ``header`` values) and the
+    ledger."""
     dataset = make_dx_chest(64, 64)
+    for keyword, value in header.items():
+        setattr(dataset, keyword, value)
     dataset.StudyInstanceUID = key
     dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = f"{key}.1"
     dataset.PatientID, dataset.PatientName = "PID-7|1", "Müller^Anna"
@@ -91,7 +102,7 @@ def _receive(ledger: Ledger, spool: Spool, key: str, order_priority: str | None 
         study_key=key, study_uid=key, sop_instance_uid=f"{key}.1", sop_class_uid=CHEST,
         path=f"{key}/{key}.1.dcm", size=path.stat().st_size, eligible=True, reason_code=None,
         reason=None, calling_ae="MODALITY", destinations=[RIS],
-        attributes=StudyAttributes(accession_number=dataset.AccessionNumber),
+        attributes=read_study_attributes(dataset),
     )  # fmt: skip
 
 
@@ -329,3 +340,36 @@ def test_a_name_lookup_that_hangs_costs_the_timeout_not_the_lookup(
         assert time.monotonic() - started < 5  # asyncio.run waited for the lookup: 30 s
     finally:
         released.set()
+
+
+def test_a_message_sent_after_the_files_were_purged_still_names_its_order(
+    ledger: Ledger, tmp_path: Path, listener: MllpListener
+) -> None:
+    spool = Spool(tmp_path / "spool")
+    destination = _destination(listener.port)
+    ctx = _context(ledger, spool, destination)
+    key = "1.2.3.701"
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "36643-5", "LN", "XR Chest 2V"
+    request = Dataset()
+    request.FillerOrderNumberImagingServiceRequest = "FI701"  # in the request item only
+    _receive(
+        ledger,
+        spool,
+        key,
+        order_priority="STAT",  # placer PL701, accession ACC701
+        IssuerOfPatientID="HOSP-MRN",
+        RequestedProcedureCodeSequence=[code],
+        RequestAttributesSequence=[request],
+    )
+    _analyse(ledger, key, Priority.ROUTINE, 0.2)
+    (spool.root / key / f"{key}.1.dcm").unlink()  # retention purged the study's files
+    assert _deliver(ctx, destination, key)
+    (message,) = listener.received
+    orc, obr = message.segment("ORC"), message.segment("OBR")
+    assert str(orc[2]) == str(obr[2]) == "PL701"
+    assert str(orc[3]) == str(obr[3]) == "FI701"
+    assert str(obr[18]) == "ACC701"
+    assert str(obr[4]).startswith("36643-5^XR Chest 2V^LN")
+    assert str(message.segment("PID")[3]).startswith(escape("PID-7|1") + "^^^HOSP-MRN")
+    assert str(message.segment("TQ1")[9]).startswith("S^")  # the order was STAT, the AI routine

@@ -67,7 +67,7 @@ def test_a_v0_1_ledger_upgrades_and_keeps_every_study(tmp_path: Path) -> None:
     finally:
         ledger.close()
     with sa.create_engine(f"sqlite:///{path}").connect() as db:
-        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert db.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0008"
 
 
 def test_the_schema_module_matches_what_the_migrations_build(ledger_url: str) -> None:
@@ -78,7 +78,7 @@ def test_the_schema_module_matches_what_the_migrations_build(ledger_url: str) ->
         built = {column["name"] for column in inspector.get_columns(table.name)}
         assert built == {column.name for column in table.columns}, table.name
     engine.dispose()
-    assert head_revision() == "0007"
+    assert head_revision() == "0008"
 
 
 def test_findings_score_priority_and_model_are_stored_per_study(ledger_url: str) -> None:
@@ -138,7 +138,7 @@ def test_several_processes_starting_at_once_do_not_race_the_migration(ledger_url
     with engine.connect() as db:
         versions = db.execute(sa.text("SELECT version_num FROM alembic_version")).all()
     engine.dispose()
-    assert [v[0] for v in versions] == ["0007"]
+    assert [v[0] for v in versions] == ["0008"]
 
 
 def test_an_unreachable_database_is_one_line_with_the_password_masked(

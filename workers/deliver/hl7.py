@@ -66,15 +66,7 @@ def _order(ctx: WorkerContext, study_key: str) -> oru.OrderContext:
         return oru.order_context(header)
     study = ctx.ledger.study(study_key)
     attributes = ctx.ledger.attributes_of(study_key) or StudyAttributes()
-    return oru.OrderContext(
-        patient_id=attributes.patient_id or "",
-        patient_name=attributes.patient_name or "",
-        birth_date=attributes.patient_birth_date or "",
-        sex=attributes.patient_sex or "",
-        accession_number=attributes.accession_number or "",
-        procedure_text=attributes.study_description or "",
-        study_uid=study.study_uid if study is not None else "",
-    )
+    return oru.order_from_attributes(attributes, study.study_uid if study is not None else "")
 
 
 def _sender(destination: Hl7Destination) -> oru.Sender:

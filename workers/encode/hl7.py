@@ -13,6 +13,7 @@ the message is parsed back with python-hl7 before it leaves, so a malformed one 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 import hl7
 from pydicom import Dataset
 
+from cxr_node.dicom.attributes import procedure_code, requested
 from cxr_node.jobs import CodedConcept, ModelInfo
+from cxr_node.ledger import StudyAttributes
 
 VERSION = "2.5.1"
 PRIVATE_SCHEME = "99CXRNODE"
@@ -70,25 +73,13 @@ def _text(dataset: Dataset, keyword: str) -> str:
 
 
 def _requested(dataset: Dataset, keyword: str) -> str:
-    """A Request Attributes value: at the top level, else in the first request item."""
-    value = _text(dataset, keyword)
-    if value:
-        return value
-    for item in dataset.get("RequestAttributesSequence", []) or []:
-        value = _text(item, keyword)
-        if value:
-            return value
-    return ""
+    return requested(dataset, keyword) or ""
 
 
 def order_context(dataset: Dataset) -> OrderContext:
     """The order and patient of a source image, read from its header."""
-    code = None
-    for item in dataset.get("RequestedProcedureCodeSequence", []) or []:
-        value, scheme = _text(item, "CodeValue"), _text(item, "CodingSchemeDesignator")
-        if value and scheme:
-            code = CodedConcept(value=value, scheme=scheme, meaning=_text(item, "CodeMeaning"))
-            break
+    found = procedure_code(dataset)
+    code = CodedConcept.model_validate(found) if found else None
     priority = DICOM_PRIORITY.get(_requested(dataset, "RequestedProcedurePriority").upper())
     return OrderContext(
         patient_id=_text(dataset, "PatientID"),
@@ -104,6 +95,32 @@ def order_context(dataset: Dataset) -> OrderContext:
         or _text(dataset, "StudyDescription"),
         order_priority=priority,
         study_uid=_text(dataset, "StudyInstanceUID"),
+    )
+
+
+def order_from_attributes(attributes: StudyAttributes, study_uid: str) -> OrderContext:
+    """The order as the ledger kept it from the header (:func:`order_context`'s values), for a
+    message sent after retention purged the source files."""
+    code = None
+    if attributes.requested_procedure_code_json:
+        with contextlib.suppress(ValueError):
+            code = CodedConcept.model_validate_json(attributes.requested_procedure_code_json)
+    priority = DICOM_PRIORITY.get((attributes.requested_procedure_priority or "").upper())
+    return OrderContext(
+        patient_id=attributes.patient_id or "",
+        issuer_of_patient_id=attributes.issuer_of_patient_id or "",
+        patient_name=attributes.patient_name or "",
+        birth_date=attributes.patient_birth_date or "",
+        sex=attributes.patient_sex or "",
+        accession_number=attributes.accession_number or "",
+        placer_order_number=attributes.placer_order_number or "",
+        filler_order_number=attributes.filler_order_number or "",
+        procedure_code=code,
+        procedure_text=attributes.requested_procedure_description
+        or attributes.study_description
+        or "",
+        order_priority=priority,
+        study_uid=study_uid,
     )
 
 
