@@ -45,7 +45,7 @@ def version(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 def _pretend_other_versions(monkeypatch: pytest.MonkeyPatch) -> None:
     for library in _LIBRARIES:
-        monkeypatch.setattr(compat, f"SUPPORTED_{library}_VERSIONS", ())
+        monkeypatch.setattr(compat.versions, f"SUPPORTED_{library}_VERSIONS", ())
 
 
 # --- the version check ------------------------------------------------------------------------
@@ -68,12 +68,12 @@ def test_versions_are_read_from_the_installed_distributions() -> None:
 
 
 def test_another_series_is_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compat, "SUPPORTED_PYDICOM_VERSIONS", ((2, 4), (3, 1)))
+    monkeypatch.setattr(compat.versions, "SUPPORTED_PYDICOM_VERSIONS", ((2, 4), (3, 1)))
     assert not compat.pydicom_supported()
     assert not compat.fast_part10_writer()
     assert not compat.fast_copies()
     assert not compat.sr_templates()
-    monkeypatch.setattr(compat, "SUPPORTED_PYDICOM_VERSIONS", ((3,),))
+    monkeypatch.setattr(compat.versions, "SUPPORTED_PYDICOM_VERSIONS", ((3,),))
     assert compat.pydicom_supported()
 
 
@@ -211,7 +211,7 @@ def test_the_fallback_copy_is_deepcopy(monkeypatch: pytest.MonkeyPatch) -> None:
         copied.append(value)
         return real_deepcopy(value, *args)
 
-    monkeypatch.setattr(compat.copy, "deepcopy", spying_deepcopy)
+    monkeypatch.setattr(compat.fast_objects.copy, "deepcopy", spying_deepcopy)
     source = make_dx_chest()
     assert _encoded(clone(source)) == _encoded(source)
     assert copied[0] is source
@@ -299,7 +299,7 @@ def pynetdicom_socket_close(monkeypatch: pytest.MonkeyPatch) -> type:
     from pynetdicom.transport import AssociationSocket
 
     compat.install_pynetdicom_socket_close_fix()  # imports of cxr_node.dicom did already
-    original = compat._REPLACED["pynetdicom AssociationSocket._shutdown_socket"]
+    original = compat.versions._REPLACED["pynetdicom AssociationSocket._shutdown_socket"]
     monkeypatch.setattr(AssociationSocket, "_shutdown_socket", original)
     return AssociationSocket
 
@@ -491,8 +491,8 @@ def test_front_door_limits_apply_only_on_the_supported_pynetdicom(
 
     guarded, other = AE(), AE()
     assert compat.install_front_door_limits(guarded, max_request_bytes=4096, max_pending=4)
-    assert compat._LIMITS[guarded].max_request_bytes == 4096
-    assert DULServiceProvider._read_pdu_data is compat._read_pdu_data_guarded
+    assert compat.front_door._LIMITS[guarded].max_request_bytes == 4096
+    assert DULServiceProvider._read_pdu_data is compat.front_door._read_pdu_data_guarded
     _pretend_other_versions(monkeypatch)
     assert not compat.install_front_door_limits(other, max_request_bytes=4096, max_pending=4)
-    assert other not in compat._LIMITS
+    assert other not in compat.front_door._LIMITS
