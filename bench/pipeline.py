@@ -18,6 +18,7 @@ repository). Usage:
 
     CXR_CORPUS=../shared/cxr-corpus .venv/bin/python bench/pipeline.py \
         [--latency 50] [--throughput 200] [--image dwv/gdcm-CR-MONO1-10-chest.dcm]
+        [--storescu-option -xw]   (JPEG 2000 lossy images: storescu proposes it)
 """
 
 from __future__ import annotations
@@ -36,7 +37,16 @@ import threading
 import time
 from pathlib import Path
 
-from roundtrip import children, free_port, make_copies, rss_mb, start_serve, storescu, wait_port
+from roundtrip import (
+    STORESCU_OPTIONS,
+    children,
+    free_port,
+    make_copies,
+    rss_mb,
+    start_serve,
+    storescu,
+    wait_port,
+)
 
 DEFAULT_IMAGE = "dwv/gdcm-CR-MONO1-10-chest.dcm"
 SYNTHETIC_FULL_SIZE = "synthetic-full-size"
@@ -193,7 +203,8 @@ def throughput(
         children_before = children_cpu()
         began = time.monotonic()
         sender = subprocess.Popen(
-            ["/usr/bin/storescu", "-aec", "CXR_NODE", "127.0.0.1", str(node.port)]
+            ["/usr/bin/storescu", "-aec", "CXR_NODE", *STORESCU_OPTIONS]
+            + ["127.0.0.1", str(node.port)]
             + [str(p) for p in copies],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -315,12 +326,19 @@ def main() -> int:
     )
     parser.add_argument("--repeats", type=int, default=200, help="model-only forward passes")
     parser.add_argument("--idle", type=float, default=0, help="seconds of idle CPU measured")
+    parser.add_argument(
+        "--storescu-option",
+        action="append",
+        default=[],
+        help="extra storescu option, e.g. -xw to propose JPEG 2000 (lossy)",
+    )
     parser.add_argument("--keep-work", action="store_true", help="keep the temp folder (logs)")
     parser.add_argument("--model-only-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.model_only_worker:
         model_only_worker(args.model_only_worker, args.repeats)
         return 0
+    STORESCU_OPTIONS.extend(args.storescu_option)
     corpus = Path(os.environ.get("CXR_CORPUS", "../shared/cxr-corpus")).resolve()
     temp = tempfile.mkdtemp(prefix="cxr-bench-")
     failed = True
