@@ -434,12 +434,18 @@ def display_by_table(
 ) -> np.ndarray:
     """The same pipeline for an integer MONOCHROME image, computed once per stored value: the
     Modality LUT, the VOI, the range and the sense go into a table over the image's span of
-    values, and the image is one lookup in it (on a 2500x2048 image about 20 ms instead of 60).
-    The percentile window and the range count each value as often as it occurs, so the result
-    equals :func:`display_by_arrays` value for value; the grey-level check counts all pixels."""
-    low = int(pixels.min())
-    index = pixels if low >= 0 else np.subtract(pixels, low, dtype=np.int32)
-    first = 0 if low >= 0 else low  # the stored value at table[0]
+    values, and the image is one lookup in it (on a 2500x2048 16-bit image 18 ms where the
+    whole-image computation took 44). The percentile window and the range count each value as
+    often as it occurs, so the result equals :func:`display_by_arrays` value for value; the
+    grey-level check counts all pixels. The table never has more than ``MAX_TABLE_ENTRIES``
+    entries: values are indexed from the image's lowest unless they already start near 0."""
+    low, high = int(pixels.min()), int(pixels.max())
+    if low >= 0 and high < MAX_TABLE_ENTRIES:
+        index, first = pixels, 0  # no shifted copy: table[v] is stored value v
+    elif low >= 0:  # in the pixels' own type: every value is at least ``low``
+        index, first = np.subtract(pixels, pixels.dtype.type(low)), low
+    else:  # signed, at most 32 bits: low fits int32, and so does each value's offset
+        index, first = np.subtract(pixels, low, dtype=np.int32), low
     counts = np.bincount(index.ravel())
     present = counts > 0
     _check_levels(int(np.count_nonzero(present)), min_grey_levels)
@@ -467,7 +473,8 @@ def display_by_table(
 def weighted_percentiles(
     values: np.ndarray, counts: np.ndarray, percents: tuple[float, ...]
 ) -> list[float]:
-    """``np.percentile`` (linear) of an array holding ``values[i]`` ``counts[i]`` times."""
+    """``np.percentile`` (linear) of an array holding ``values[i]`` ``counts[i]`` times, with
+    numpy's own interpolation (``b - (b - a)(1 - t)`` from ``t`` = 0.5 on)."""
     order = np.argsort(values, kind="stable")
     sorted_values = values[order]
     ends = np.cumsum(counts[order])  # ends[i]: how many are <= sorted_values[i]
@@ -479,7 +486,12 @@ def weighted_percentiles(
         above = min(below + 1, total - 1)
         first = float(sorted_values[np.searchsorted(ends, below, side="right")])
         second = float(sorted_values[np.searchsorted(ends, above, side="right")])
-        result.append(first + (position - below) * (second - first))
+        fraction = position - below
+        difference = second - first
+        if fraction >= 0.5:
+            result.append(second - difference * (1 - fraction))
+        else:
+            result.append(first + difference * fraction)
     return result
 
 
