@@ -50,6 +50,10 @@ class Codestream:
     signed: bool
     levels: int
     """Decomposition levels of the default coding style (resolutions - 1)."""
+    offset: bool = False
+    """Image or tile grid offsets other than 0 (XOsiz, YOsiz, XTOsiz, YTOsiz)."""
+    subsampled: bool = False
+    """The first component sampled at other than every pixel (XRsiz, YRsiz)."""
 
 
 def read_codestream_header(frame: bytes) -> Codestream | None:
@@ -60,10 +64,10 @@ def read_codestream_header(frame: bytes) -> Codestream | None:
     try:
         at = start + 4
         (length,) = struct.unpack_from(">H", frame, at)
-        _, xsiz, ysiz, xosiz, yosiz, _, _, _, _, csiz = struct.unpack_from(
+        _, xsiz, ysiz, xosiz, yosiz, _, _, xtosiz, ytosiz, csiz = struct.unpack_from(
             ">HIIIIIIIIH", frame, at + 2
         )
-        (ssiz,) = struct.unpack_from(">B", frame, at + 38)
+        ssiz, xrsiz, yrsiz = struct.unpack_from(">BBB", frame, at + 38)
         at += length
         levels = None
         while at + 4 <= len(frame):
@@ -85,16 +89,35 @@ def read_codestream_header(frame: bytes) -> Codestream | None:
         precision=(ssiz & 0x7F) + 1,
         signed=bool(ssiz & 0x80),
         levels=levels,
+        offset=any((xosiz, yosiz, xtosiz, ytosiz)),
+        subsampled=(xrsiz, yrsiz) != (1, 1),
     )
 
 
+def level_shape(rows: int, columns: int, reduce: int) -> tuple[int, int]:
+    """(rows, columns) of the image ``reduce`` levels down (ISO/IEC 15444-1 B.5: the ceiling)."""
+    step = 2**reduce
+    return -(-rows // step), -(-columns // step)
+
+
+def _pillow_agrees(width: int, height: int, reduce: int) -> bool:
+    """Pillow sizes a reduced image by rounding, OpenJPEG by the ceiling; where they differ,
+    Pillow's decode fails, so such levels are not asked for."""
+    step = 2**reduce
+    return all((side + step // 2) // step == -(-side // step) for side in (width, height))
+
+
 def reduction_for(codestream: Codestream, min_side: int) -> int:
-    """The most levels to drop while the longer side stays at least ``min_side`` pixels."""
+    """The most levels to drop while the longer side stays at least ``min_side`` pixels (and
+    Pillow and OpenJPEG agree on the level's size)."""
     longer = max(codestream.width, codestream.height)
-    reduce = 0
-    while reduce < codestream.levels and -(-longer // (2 ** (reduce + 1))) >= min_side:
-        reduce += 1
-    return reduce
+    best = 0
+    for reduce in range(1, codestream.levels + 1):
+        if -(-longer // (2**reduce)) < min_side:
+            break
+        if _pillow_agrees(codestream.width, codestream.height, reduce):
+            best = reduce
+    return best
 
 
 def decode_reduced(dataset: Dataset, min_side: int) -> np.ndarray | None:
@@ -124,6 +147,8 @@ def decode_reduced(dataset: Dataset, min_side: int) -> np.ndarray | None:
         or codestream.signed
         or codestream.precision != bits_stored
         or (codestream.width, codestream.height) != (columns, rows)
+        or codestream.offset
+        or codestream.subsampled
     ):
         return None
     reduce = reduction_for(codestream, min_side)
@@ -140,7 +165,7 @@ def decode_reduced(dataset: Dataset, min_side: int) -> np.ndarray | None:
     # Pillow scales a component of precision p up to its 8 or 16 bits; shift back exactly.
     container = 16 if stored.dtype == np.uint16 else 8
     if (
-        stored.ndim != 2
+        stored.shape != level_shape(rows, columns, reduce)
         or stored.dtype not in (np.uint8, np.uint16)
         or codestream.precision > container
     ):

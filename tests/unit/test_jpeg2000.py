@@ -44,6 +44,10 @@ def test_levels_are_dropped_while_the_longer_side_stays_long_enough() -> None:
     assert jpeg2000.reduction_for(header, 300) == 3  # 313
     assert jpeg2000.reduction_for(header, 4000) == 0
     assert jpeg2000.reduction_for(jpeg2000.Codestream(2048, 2500, 1, 12, False, 0), 300) == 0
+    # 2500 / 4 = 625 both ways; 3581 / 4 rounds to 895 in Pillow but 896 in OpenJPEG: skipped
+    assert jpeg2000.reduction_for(jpeg2000.Codestream(2048, 3581, 1, 12, False, 5), 400) == 3
+    assert jpeg2000.reduction_for(jpeg2000.Codestream(2049, 2049, 1, 12, False, 5), 400) == 1
+    assert jpeg2000.level_shape(2140, 1760, 1) == (1070, 880)
 
 
 def test_the_reduced_level_is_the_full_image_averaged() -> None:
@@ -63,6 +67,18 @@ def test_the_reduced_level_is_the_full_image_averaged() -> None:
 )
 def test_anything_but_the_plain_case_is_left_to_the_full_decode(relative: str) -> None:
     assert jpeg2000.decode_reduced(dcmread(corpus_file(relative)), 896) is None
+
+
+def test_offsets_and_subsampling_are_left_to_the_full_decode() -> None:
+    frame = bytearray(_frame(LOSSLESS_HIP))
+    start = frame.find(jpeg2000.SOC_SIZ)
+    assert not jpeg2000.read_codestream_header(bytes(frame)).offset  # type: ignore[union-attr]
+    shifted = bytearray(frame)
+    shifted[start + 4 + 2 + 10 : start + 4 + 2 + 14] = (8).to_bytes(4, "big")  # XOsiz
+    assert jpeg2000.read_codestream_header(bytes(shifted)).offset  # type: ignore[union-attr]
+    halved = bytearray(frame)
+    halved[start + 4 + 39] = 2  # XRsiz of the component
+    assert jpeg2000.read_codestream_header(bytes(halved)).subsampled  # type: ignore[union-attr]
 
 
 def test_an_uncompressed_image_is_left_alone() -> None:
