@@ -154,10 +154,10 @@ class Analyzer:
         heatmap = None
         if positives:
             picture_shape = (prepared.picture.shape[0], prepared.picture.shape[1])
-            at_picture = scaled_box(box, picture_shape[0] / shape[0])
+            at_picture = scaled_box(box, max(picture_shape) / max(shape))
             heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture_shape)
         small_shape = previews.overlay_shape(prepared.source_shape)
-        small = scaled_box(box, small_shape[0] / shape[0])
+        small = scaled_box(box, max(small_shape) / max(shape))
         overlays = {label: to_source_geometry(m, small, small_shape) for label, m in maps.items()}
         return Explanation(regions=regions, heatmap=heatmap, overlays=overlays)
 
@@ -193,7 +193,8 @@ class Analyzer:
 
 
 def scaled_box(box: pixels.SquareBox, scale: float) -> pixels.SquareBox:
-    """The model's square in an image scaled by ``scale`` (a picture of the source)."""
+    """The model's square in an image scaled by ``scale`` (a picture of the source, scaled by
+    its longer side as :func:`workers.pixels.fit_within` does)."""
     if scale == 1.0:
         return box
     return pixels.SquareBox(

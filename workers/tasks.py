@@ -130,7 +130,11 @@ def _analyse_study(
 def _analyse_instance(
     ctx: WorkerContext, relative_path: str
 ) -> tuple[list[ResultRow], ImageAnalysis]:
-    work = pipeline.run(ctx.pipeline, ctx.spool.resolve(relative_path))
+    try:
+        path = ctx.spool.resolve(relative_path)
+    except ValueError as exc:  # a ledger path outside the spool: this image is refused
+        raise RejectedInput("UNREADABLE", f"file cannot be parsed ({type(exc).__name__})") from None
+    work = pipeline.run(ctx.pipeline, path)
     if work.analysed is None:
         raise RuntimeError("the analysis pipeline ended without an analysis")
     return work.rows, work.analysed.analysis

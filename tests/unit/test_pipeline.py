@@ -119,3 +119,16 @@ def test_images_analysed_at_once_share_forward_passes_and_get_their_own_results(
             [f.probability for f in expected.findings], abs=1e-5
         )
         assert [f.region for f in got.findings] == [f.region for f in expected.findings]
+
+
+def test_a_ledger_path_outside_the_spool_refuses_that_image_only(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+    from typing import cast
+
+    from workers.runtime import WorkerContext
+    from workers.tasks import _analyse_instance
+
+    ctx = cast(WorkerContext, SimpleNamespace(spool=Spool(tmp_path / "spool"), pipeline=[]))
+    with pytest.raises(RejectedInput) as refused:
+        _analyse_instance(ctx, "../../outside.dcm")
+    assert refused.value.reason_code == "UNREADABLE"
