@@ -101,7 +101,7 @@ class Ensemble:
             raise ModelBundleError("the ensemble has no members")
         self.members = members
         self.device = device
-        self.bf16 = bf16 and device.type == "cuda"
+        self.bf16 = bf16 and device.type == "cuda" and _bf16_supported()
         """bf16 autocast for the forward pass (CUDA only, ``inference_bf16``)."""
         first = members[0].bundle.metadata.preprocessing
         if any(m.bundle.metadata.preprocessing != first for m in members):
@@ -280,6 +280,15 @@ def load_network(bundle: Bundle, device: torch.device) -> torch.nn.Module:
     if device.type == "cuda":
         return network.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]
     return network.to(device).eval()
+
+
+def _bf16_supported() -> bool:
+    """Whether this CUDA device computes in bf16 (autocast raises on every pass otherwise);
+    ``inference_bf16`` on one that does not is logged and left off."""
+    supported = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if not supported:
+        log.warning("inference_bf16: this CUDA device has no bf16; inference stays float32")
+    return supported
 
 
 def to_device(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -147,22 +147,32 @@ def run_within(coroutine: Coroutine[Any, Any, T], deadline: float) -> T:
 
     Unlike ``asyncio.run``, which waits at its end for the loop's executor threads, this does
     not wait for a name lookup (``getaddrinfo`` runs in such a thread) that hangs past the
-    deadline: that thread is left to finish on its own, and TimeoutError is raised on time."""
+    deadline: that thread is left to finish on its own (Python joins it only when the process
+    exits), and TimeoutError is raised on time. Tasks still pending are cancelled first."""
     loop = asyncio.new_event_loop()
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hl7-lookup")
     loop.set_default_executor(executor)
     try:
         return loop.run_until_complete(asyncio.wait_for(coroutine, deadline))
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+            loop.close()
 
 
 def send_message(destination: Hl7Destination, message: str) -> None:
     """Send one message and read its acknowledgement; raise as the delivery policy says."""
     control = oru.control_of(message)
-    deadline = 3 * destination.timeout_seconds + 2.0  # connect, send, answer, close
+    # connect, send and answer have their own limits; the close 2 s more; then a margin, so
+    # that the whole never times out after the answer came (a resend would repeat the ORU)
+    deadline = 3 * destination.timeout_seconds + 5.0
     try:
         ack = run_within(_exchange(destination, message), deadline)
     except TimeoutError:

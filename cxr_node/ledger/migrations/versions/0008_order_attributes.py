@@ -1,6 +1,7 @@
-"""The order's attributes kept with the study's (issuer of the patient ID, placer and filler
-order numbers, requested procedure priority, description and code), so that an HL7 result sent
-after retention purged the source files still names its order and keeps its priority.
+"""The order's attributes kept with the study's, each from the first image that has it (issuer
+of the patient ID, placer and filler order numbers, requested procedure priority, description
+and code), so that an HL7 result sent after retention purged the source files still names its
+order and keeps its priority.
 
 Revision ID: 0008
 Revises: 0007
