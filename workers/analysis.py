@@ -18,7 +18,7 @@ from pydicom import Dataset
 
 from cxr_node.jobs import Finding, ImageAnalysis, Region
 from cxr_node.settings import Settings
-from workers import pixels, preprocess, previews, scoring
+from workers import geometry, pixels, preprocess, previews, scoring
 from workers.batching import InferenceBatcher, default_max_batch
 from workers.encode.header import identity_uid
 from workers.ensemble import Ensemble, Inference
@@ -57,7 +57,7 @@ class Prepared:
 
     sop_instance_uid: str
     model_input: torch.Tensor
-    box: pixels.SquareBox
+    box: geometry.SquareBox
     """Where the network's square sits in the analysed image."""
     image_shape: tuple[int, int]
     """The analysed image's (rows, columns): the source's, or fewer at a reduced JPEG 2000
@@ -99,7 +99,7 @@ class Analyzer:
             self._max_batch_wait_ms,
         )
 
-    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, pixels.SquareBox]:
+    def model_input(self, image: np.ndarray) -> tuple[torch.Tensor, geometry.SquareBox]:
         """The network's input tensor (1, C, S, S) and where it sits in the source image."""
         prep = self.ensemble.preprocessing
         square, box = preprocess.model_square(image, prep)
@@ -154,10 +154,10 @@ class Analyzer:
         heatmap = None
         if positives:
             picture_shape = (prepared.picture.shape[0], prepared.picture.shape[1])
-            at_picture = scaled_box(box, max(picture_shape) / max(shape))
+            at_picture = geometry.scaled_box(box, max(picture_shape) / max(shape))
             heatmap = to_source_geometry(maps[positives[0].label], at_picture, picture_shape)
         small_shape = previews.overlay_shape(prepared.source_shape)
-        small = scaled_box(box, max(small_shape) / max(shape))
+        small = geometry.scaled_box(box, max(small_shape) / max(shape))
         overlays = {label: to_source_geometry(m, small, small_shape) for label, m in maps.items()}
         return Explanation(regions=regions, heatmap=heatmap, overlays=overlays)
 
@@ -192,29 +192,19 @@ class Analyzer:
         )
 
 
-def scaled_box(box: pixels.SquareBox, scale: float) -> pixels.SquareBox:
-    """The model's square in an image scaled by ``scale`` (a picture of the source, scaled by
-    its longer side as :func:`workers.pixels.fit_within` does)."""
-    if scale == 1.0:
-        return box
-    return pixels.SquareBox(
-        round(box.x0 * scale), round(box.y0 * scale), max(1, round(box.side * scale))
-    )
-
-
 def to_source_geometry(
-    heatmap: np.ndarray, box: pixels.SquareBox, shape: tuple[int, ...]
+    heatmap: np.ndarray, box: geometry.SquareBox, shape: tuple[int, ...]
 ) -> np.ndarray:
     """Resize a model-resolution map to the square box and place it in the source image."""
     tensor = torch.from_numpy(np.ascontiguousarray(heatmap))[None, None]
     square = F.interpolate(tensor, size=(box.side, box.side), mode="bilinear", align_corners=False)
-    placed = pixels.paste_square(square[0, 0].numpy(), box, shape[0], shape[1])
+    placed = geometry.paste_square(square[0, 0].numpy(), box, shape[0], shape[1])
     return np.clip(placed, 0.0, 1.0)
 
 
 def to_source_region(
     heatmap: np.ndarray,
-    box: pixels.SquareBox,
+    box: geometry.SquareBox,
     size: int,
     shape: tuple[int, ...],
     source_shape: tuple[int, ...] | None = None,

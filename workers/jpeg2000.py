@@ -104,16 +104,16 @@ def _pillow_agrees(width: int, height: int, reduce: int) -> bool:
     """Pillow sizes a reduced image by rounding, OpenJPEG by the ceiling; where they differ,
     Pillow's decode fails, so such levels are not asked for."""
     step = 2**reduce
-    return all((side + step // 2) // step == -(-side // step) for side in (width, height))
+    rounded = ((height + step // 2) // step, (width + step // 2) // step)
+    return rounded == level_shape(height, width, reduce)
 
 
 def reduction_for(codestream: Codestream, min_side: int) -> int:
     """The most levels to drop while the longer side stays at least ``min_side`` pixels (and
     Pillow and OpenJPEG agree on the level's size)."""
-    longer = max(codestream.width, codestream.height)
     best = 0
     for reduce in range(1, codestream.levels + 1):
-        if -(-longer // (2**reduce)) < min_side:
+        if max(level_shape(codestream.height, codestream.width, reduce)) < min_side:
             break
         if _pillow_agrees(codestream.width, codestream.height, reduce):
             best = reduce

@@ -24,15 +24,6 @@ number where one is expected, multi-valued, or out of its range (PS3.3 C.7.6.3, 
 
 
 @dataclass(frozen=True)
-class SquareBox:
-    """Where the model's square input sits in the source image (pixel units, may overhang)."""
-
-    x0: int
-    y0: int
-    side: int
-
-
-@dataclass(frozen=True)
 class Lut:
     """A validated LUT (PS3.3 C.11.1.1.1): input ``first`` maps to ``table[0]``; inputs below and
     above the table map to its first and last entries."""
@@ -398,7 +389,7 @@ def displayed_image(
     pixels = reduced if reduced is not None else to_grayscale(decode(dataset), photometric)
     if pixels.ndim != 2:
         raise RejectedInput("PIXEL_SHAPE", "pixel data is not a single 2D image")
-    if photometric.startswith("MONOCHROME") and _table_fits(pixels):
+    if photometric.startswith("MONOCHROME") and pixels.dtype.kind in "ui" and pixels.size:
         return display_by_table(pixels, header, min_grey_levels)
     return display_by_arrays(pixels, header, min_grey_levels)
 
@@ -406,12 +397,6 @@ def displayed_image(
 MAX_TABLE_ENTRIES = 1 << 20
 """Integer images whose stored values span at most this many levels are displayed through a
 table over that span; wider ones (and floats, and colour) value by value."""
-
-
-def _table_fits(pixels: np.ndarray) -> bool:
-    if pixels.dtype.kind not in "ui" or not pixels.size:
-        return False
-    return int(pixels.max()) - int(pixels.min()) < MAX_TABLE_ENTRIES
 
 
 def display_by_arrays(
@@ -438,8 +423,11 @@ def display_by_table(
     whole-image computation took 44). The percentile window and the range count each value as
     often as it occurs, so the result equals :func:`display_by_arrays` value for value; the
     grey-level check counts all pixels. The table never has more than ``MAX_TABLE_ENTRIES``
-    entries: values are indexed from the image's lowest unless they already start near 0."""
+    entries: values are indexed from the image's lowest unless they already start near 0; an
+    image whose values span more is computed as a whole (:func:`display_by_arrays`)."""
     low, high = int(pixels.min()), int(pixels.max())
+    if high - low >= MAX_TABLE_ENTRIES:
+        return display_by_arrays(pixels, header, min_grey_levels)
     if low >= 0 and high < MAX_TABLE_ENTRIES:
         index, first = pixels, 0  # no shifted copy: table[v] is stored value v
     elif low >= 0:  # in the pixels' own type: every value is at least ``low``
@@ -510,60 +498,3 @@ def is_inverted(dataset: Dataset) -> bool:
     photometric = _text(dataset, "PhotometricInterpretation", "")
     shape = _text(dataset, "PresentationLUTShape", "")
     return photometric == "MONOCHROME1" or (photometric == "MONOCHROME2" and shape == "INVERSE")
-
-
-def square_box(height: int, width: int, mode: str) -> SquareBox:
-    """The centred square the model reads: the inscribed one ("crop") or enclosing one ("pad")."""
-    side = min(height, width) if mode == "crop" else max(height, width)
-    return SquareBox(x0=(width - side) // 2, y0=(height - side) // 2, side=side)
-
-
-def _overlap(box: SquareBox, height: int, width: int) -> tuple[tuple[slice, slice], ...]:
-    """(source slices, square slices) of where the box and the image overlap."""
-    sy0, sx0 = max(box.y0, 0), max(box.x0, 0)
-    sy1, sx1 = min(box.y0 + box.side, height), min(box.x0 + box.side, width)
-    source = (slice(sy0, sy1), slice(sx0, sx1))
-    square = (slice(sy0 - box.y0, sy1 - box.y0), slice(sx0 - box.x0, sx1 - box.x0))
-    return source, square
-
-
-def extract_square(image: np.ndarray, box: SquareBox) -> np.ndarray:
-    """Cut (or zero-pad to) the square box out of the image."""
-    out = np.zeros((box.side, box.side), dtype=image.dtype)
-    source, square = _overlap(box, *image.shape)
-    out[square] = image[source]
-    return out
-
-
-def paste_square(square: np.ndarray, box: SquareBox, height: int, width: int) -> np.ndarray:
-    """The inverse of :func:`extract_square`: a (side x side) map placed in source geometry."""
-    out = np.zeros((height, width), dtype=square.dtype)
-    source, inside = _overlap(box, height, width)
-    out[source] = square[inside]
-    return out
-
-
-def equalise_histogram(image: np.ndarray, bins: int = 256) -> np.ndarray:
-    """Histogram equalisation of a [0, 1] image (optional, as a bundle declares)."""
-    histogram, edges = np.histogram(image, bins=bins, range=(0.0, 1.0))
-    cdf = histogram.cumsum().astype(np.float32)
-    cdf /= cdf[-1]
-    return np.interp(image, edges[:-1], cdf).astype(np.float32)
-
-
-def scale_to_range(image: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
-    """Map [0, 1] onto the value range the network was trained on (e.g. [-1024, 1024])."""
-    low, high = value_range
-    return (image * (high - low) + low).astype(np.float32)
-
-
-def fit_within(shape: tuple[int, ...], side: int) -> tuple[int, int]:
-    """(rows, columns) of ``shape`` scaled down (never up) to fit ``side`` pixels a side."""
-    rows, columns = int(shape[0]), int(shape[1])
-    scale = min(1.0, side / max(rows, columns))
-    return max(1, round(rows * scale)), max(1, round(columns * scale))
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    """A [0, 1] image as 8-bit for display and Secondary Capture."""
-    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)

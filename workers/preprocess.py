@@ -12,19 +12,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from workers import pixels
+from workers import geometry
 from workers.bundles import Preprocessing
 
 
-def model_square(image: np.ndarray, prep: Preprocessing) -> tuple[np.ndarray, pixels.SquareBox]:
+def model_square(image: np.ndarray, prep: Preprocessing) -> tuple[np.ndarray, geometry.SquareBox]:
     """The (size x size) float32 [0, 1] square the network reads, and where it sits in the
     source image (for heatmaps and regions)."""
-    box = pixels.square_box(image.shape[0], image.shape[1], prep.square)
-    square = pixels.extract_square(image, box)
+    box = geometry.square_box(image.shape[0], image.shape[1], prep.square)
+    square = geometry.extract_square(image, box)
     tensor = torch.from_numpy(np.ascontiguousarray(square, dtype=np.float32))[None, None]
     resized = F.interpolate(tensor, size=(prep.size, prep.size), mode="area")[0, 0].numpy()
     if prep.histogram_equalisation:
-        resized = pixels.equalise_histogram(resized)
+        resized = equalise_histogram(resized)
     return resized.astype(np.float32, copy=False), box
 
 
@@ -34,3 +34,11 @@ def network_input(squares: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     low, high = prep.value_range
     scaled = squares * (high - low) + low
     return scaled.repeat(1, prep.channels, 1, 1) if prep.channels != 1 else scaled
+
+
+def equalise_histogram(image: np.ndarray, bins: int = 256) -> np.ndarray:
+    """Histogram equalisation of a [0, 1] image (optional, as a bundle declares)."""
+    histogram, edges = np.histogram(image, bins=bins, range=(0.0, 1.0))
+    cdf = histogram.cumsum().astype(np.float32)
+    cdf /= cdf[-1]
+    return np.interp(image, edges[:-1], cdf).astype(np.float32)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from cxr_node import pictures
 from cxr_node.spool import Spool
-from workers import pixels
+from workers import geometry
 
 if TYPE_CHECKING:
     from workers.analysis import AnalysedImage
@@ -42,14 +42,19 @@ _RAMP = np.array(  # value 0 .. 1: dark blue, cyan, yellow, red (a perceptually 
 )
 
 
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """A [0, 1] image as 8-bit for display and Secondary Capture."""
+    return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
+
+
 def preview_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """The preview's (rows, columns): the image's, scaled down to fit ``PREVIEW_SIDE``."""
-    return pixels.fit_within(shape, PREVIEW_SIDE)
+    return geometry.fit_within(shape, PREVIEW_SIDE)
 
 
 def overlay_shape(shape: tuple[int, ...]) -> tuple[int, int]:
     """A heatmap overlay's (rows, columns): the image's, scaled down to fit ``OVERLAY_SIDE``."""
-    return pixels.fit_within(shape, OVERLAY_SIDE)
+    return geometry.fit_within(shape, OVERLAY_SIDE)
 
 
 def _overlay_table() -> np.ndarray:
@@ -75,7 +80,7 @@ def picture_of(display: np.ndarray, source_shape: tuple[int, int] | None = None)
         tensor = torch.from_numpy(np.ascontiguousarray(display, dtype=np.float32))[None, None]
         small = F.interpolate(tensor, size=shape, mode="bilinear", antialias=True)
         display = small[0, 0].numpy()
-    return pixels.to_uint8(display)
+    return to_uint8(display)
 
 
 def image_png(picture: np.ndarray) -> bytes:
@@ -88,7 +93,7 @@ def overlay_png(heatmap: np.ndarray, shape: tuple[int, int]) -> bytes:
     by value, transparent where the map is low. An 8-bit palette PNG whose palette holds the
     ramp's RGBA (a tRNS chunk, PNG 1.2 4.2.1.1): browsers draw it as RGBA, and it is written in
     an eighth of the time of an RGBA PNG."""
-    picture = Image.fromarray(pixels.to_uint8(np.clip(heatmap, 0.0, 1.0)), mode="L")
+    picture = Image.fromarray(to_uint8(np.clip(heatmap, 0.0, 1.0)), mode="L")
     if picture.size != (shape[1], shape[0]):
         picture = picture.resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
     indexed = Image.frombytes("P", picture.size, picture.tobytes())

@@ -17,7 +17,7 @@ from tests.dicom_checks import dciodvfy_errors
 from tests.unit._synthetic import make_analysis, make_dx_chest
 from workers import offline, pixels
 from workers.analysis import AnalysedImage
-from workers.pixels import to_uint8
+from workers.previews import to_uint8
 
 
 class StubAnalyzer:

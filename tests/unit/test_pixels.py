@@ -11,13 +11,11 @@ from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian,
 from cxr_node.errors import RejectedInput
 from tests.unit._synthetic import corpus_file
 from workers import pixels
+from workers.geometry import SquareBox, extract_square, square_box
 from workers.pixels import (
-    SquareBox,
     displayed_image,
-    extract_square,
     is_inverted,
     normalise,
-    square_box,
     to_grayscale,
 )
 

@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cxr_node.jobs import ImageAnalysis
-from workers.pixels import fit_within
+from workers.geometry import fit_within
 
 from .copies import clone
 from .header import header_view, restore_verbatim
